@@ -1,0 +1,51 @@
+# qfleet: one test command (`make test`) that sets up everything it needs from this repository's own files.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help venv binaries test test-unit test-integration lint fleet-up fleet-down fleet-status clean
+
+help:
+	@echo "make test              set up the venv and the local fleet's binaries, run every test tier"
+	@echo "make test-unit         pure tests only (no cluster)"
+	@echo "make test-integration  tests on the local fleet (real control plane, KWOK, Prometheus)"
+	@echo "make fleet-up          start the local fleet (python -m localfleet up)"
+	@echo "make fleet-down        stop it"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Go-built binaries (etcd, kube-*, kwok, helm, kubectl, prometheus), cached by version outside the repo.
+binaries: venv
+	$(PY) -m localfleet build
+
+lint: venv
+	$(VENV)/bin/lint-imports
+
+test: venv binaries lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: venv binaries
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+fleet-up: venv binaries
+	$(PY) -m localfleet up
+
+fleet-down: venv
+	$(PY) -m localfleet down
+
+fleet-status: venv
+	$(PY) -m localfleet status
+
+clean:
+	rm -rf $(VENV) .pytest_cache

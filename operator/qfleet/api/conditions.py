@@ -1,0 +1,113 @@
+"""Condition types, their reasons, and the display phase: the vocabulary of QuantizedModel status.
+
+Types are adjectives or past-tense verbs (API conventions); reasons are one CamelCase word each.
+`Ready` is the summary: True when the spec's current revision serves all traffic.
+"""
+
+from enum import StrEnum
+
+
+class ConditionType(StrEnum):
+    READY = "Ready"
+    CALIBRATED = "Calibrated"
+    ENGINE_BUILT = "EngineBuilt"
+    EVALUATED = "Evaluated"
+    CANARY_HEALTHY = "CanaryHealthy"
+    ROLLED_BACK = "RolledBack"
+
+
+PIPELINE_STEPS: tuple[ConditionType, ...] = (
+    ConditionType.CALIBRATED,
+    ConditionType.ENGINE_BUILT,
+    ConditionType.EVALUATED,
+)
+"""The steps that make a revision's artifact, in the order they run."""
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Reason(StrEnum):
+    # Any condition.
+    RECONCILING = "Reconciling"
+    """First visit: every condition starts Unknown with this reason."""
+    INVALID_SPEC = "InvalidSpec"
+    INTERNAL_ERROR = "InternalError"
+    """An unexpected error; the message asks to check the operator's logs."""
+
+    # Admission (on Ready).
+    NO_COMPATIBLE_NODE_POOL = "NoCompatibleNodePool"
+    """No node the pool selects can run the requested KV format (or any format of the ladder)."""
+
+    # Calibrated.
+    CALIBRATING = "Calibrating"
+    CALIBRATION_SUCCEEDED = "CalibrationSucceeded"
+    CALIBRATION_NOT_REQUIRED = "CalibrationNotRequired"
+    CALIBRATION_FAILED = "CalibrationFailed"
+
+    # EngineBuilt.
+    BUILDING = "Building"
+    ENGINE_BUILD_SUCCEEDED = "EngineBuildSucceeded"
+    ENGINE_BUILD_FAILED = "EngineBuildFailed"
+
+    # Evaluated.
+    EVALUATING = "Evaluating"
+    EVALUATION_PASSED = "EvaluationPassed"
+    EVALUATION_FAILED = "EvaluationFailed"
+    """The evaluation Job failed."""
+    QUALITY_GATE_FAILED = "QualityGateFailed"
+    """The evaluation ran, and the quality drop is above `gates.qualityDrop.max`."""
+
+    # CanaryHealthy.
+    WAITING_FOR_ANALYSIS = "WaitingForAnalysis"
+    ANALYSIS_PASSED = "AnalysisPassed"
+    ANALYSIS_FAILED = "AnalysisFailed"
+    ANALYSIS_INCONCLUSIVE = "AnalysisInconclusive"
+
+    # RolledBack.
+    NOT_ROLLED_BACK = "NotRolledBack"
+    GATE_ABORTED = "GateAborted"
+    """A measured value went above a gate's `abortAbove`."""
+    FAILURE_LIMIT_REACHED = "FailureLimitReached"
+    INCONCLUSIVE_LIMIT_REACHED = "InconclusiveLimitReached"
+
+    # Ready.
+    REVISION_SERVING = "RevisionServing"
+    ROLLOUT_IN_PROGRESS = "RolloutInProgress"
+    ROLLOUT_PAUSED = "RolloutPaused"
+    """`spec.rollout.paused` holds the canary at its current weight."""
+
+
+class Phase(StrEnum):
+    """`status.phase`: derived from the conditions for display, never read back as state."""
+
+    PENDING = "Pending"
+    INVALID = "Invalid"
+    CALIBRATING = "Calibrating"
+    BUILDING = "Building"
+    EVALUATING = "Evaluating"
+    CANARY = "Canary"
+    PAUSED = "Paused"
+    SERVING = "Serving"
+    ROLLED_BACK = "RolledBack"
+    FAILED = "Failed"
+
+
+class Verdict(StrEnum):
+    """The outcome of one analysis interval."""
+
+    PASS = "Pass"
+    FAIL = "Fail"
+    INCONCLUSIVE = "Inconclusive"
+    ABORT = "Abort"
+
+
+class Outcome(StrEnum):
+    """How a revision left the canary, in `status.history`."""
+
+    PROMOTED = "Promoted"
+    ROLLED_BACK = "RolledBack"
+    SUPERSEDED = "Superseded"

@@ -1,0 +1,110 @@
+"""`QuantizedModel.status`: what the operator observed, written only by the operator."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+
+from qfleet.api.base import StatusObject
+from qfleet.api.conditions import ConditionStatus, Outcome, Phase, Verdict
+
+MAX_HISTORY = 10
+
+
+class Condition(StatusObject):
+    """A `metav1.Condition`."""
+
+    type: str
+    status: ConditionStatus
+    reason: str
+    message: str = ""
+    last_transition_time: datetime
+    observed_generation: int | None = None
+
+
+class RevisionStatus(StatusObject):
+    current: str | None = None
+    stable: str | None = None
+    canary: str | None = None
+
+
+class CapacityStatus(StatusObject):
+    gpu: str | None = None
+    kv_cache: str | None = None
+    kv_bytes_per_token: int | None = None
+    max_tokens_per_replica: int | None = None
+    sequences_per_replica: int | None = None
+    message: str | None = None
+
+
+class CalibrationReport(StatusObject):
+    kv_format: str | None = None
+    worst_layer: int | None = None
+    worst_layer_kl: str | None = Field(default=None, alias="worstLayerKL")
+    fallback_layers: list[int] = Field(default_factory=list)
+
+
+class CalibrationStatus(StatusObject):
+    job: str | None = None
+    report: CalibrationReport | None = None
+    completed_at: datetime | None = None
+
+
+class EngineStatus(StatusObject):
+    job: str | None = None
+    artifact: str | None = None
+    kv_cache_dtype: str | None = None
+    built_at: datetime | None = None
+
+
+class EvaluationStatus(StatusObject):
+    job: str | None = None
+    quality_drop: str | None = None
+    passed: bool | None = None
+    completed_at: datetime | None = None
+
+
+class GateResult(StatusObject):
+    name: str
+    value: str | None = None
+    max: str | None = None
+    verdict: Verdict
+
+
+class AnalysisRun(StatusObject):
+    at: datetime
+    verdict: Verdict
+    requests: int | None = None
+    gates: list[GateResult] = Field(default_factory=list)
+
+
+class CanaryStatus(StatusObject):
+    step: int
+    weight: str
+    step_started_at: datetime | None = None
+    consecutive_failures: int = 0
+    consecutive_inconclusive: int = 0
+    last_analysis: AnalysisRun | None = None
+
+
+class HistoryEntry(StatusObject):
+    revision: str
+    kv_cache: str | None = None
+    outcome: Outcome
+    at: datetime
+    reason: str | None = None
+    message: str | None = None
+
+
+class QuantizedModelStatus(StatusObject):
+    observed_generation: int | None = None
+    phase: Phase | None = None
+    revision: RevisionStatus | None = None
+    capacity: CapacityStatus | None = None
+    calibration: CalibrationStatus | None = None
+    engine: EngineStatus | None = None
+    evaluation: EvaluationStatus | None = None
+    canary: CanaryStatus | None = None
+    history: list[HistoryEntry] = Field(default_factory=list, max_length=MAX_HISTORY)
+    conditions: list[Condition] = Field(default_factory=list)

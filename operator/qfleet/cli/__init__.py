@@ -1,0 +1,1 @@
+"""The `qfleet` command line (console script `qfleet = qfleet.cli.main:main`)."""

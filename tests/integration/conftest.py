@@ -1,0 +1,89 @@
+"""Fixtures for tests on the local fleet: one real control plane per test session, a fresh namespace per test."""
+from __future__ import annotations
+
+import re
+import uuid
+
+import pytest
+from kubernetes import client as k8s
+from kubernetes.client.rest import ApiException
+
+from localfleet import binaries, kube
+from localfleet.fleet import Fleet
+from localfleet.processes import wait_until
+
+pytestmark = pytest.mark.integration
+TEST_NAMESPACE_LABEL = "qfleet.io/test=true"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def fleet(tmp_path_factory) -> Fleet:
+    absent = binaries.missing()
+    if absent:
+        pytest.fail("the local fleet's binaries are not built: run `make binaries` (`make test` does it first); "
+                    f"missing: {', '.join(c.name for c in absent)}", pytrace=False)
+    fleet = Fleet(tmp_path_factory.mktemp("fleet"), name="qfleet-test")
+    fleet.up(log=lambda *_: None)
+    yield fleet
+    try:
+        _wait_test_namespaces_gone(kube.client(fleet.kubeconfig))
+    finally:
+        fleet.down(log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def api(fleet) -> k8s.ApiClient:
+    return kube.client(fleet.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def core(api) -> k8s.CoreV1Api:
+    return k8s.CoreV1Api(api)
+
+
+@pytest.fixture(scope="session")
+def batch(api) -> k8s.BatchV1Api:
+    return k8s.BatchV1Api(api)
+
+
+@pytest.fixture
+def namespace(request, core) -> str:
+    """A namespace of its own for each test, deleted afterwards; waits until its default ServiceAccount exists
+    (pods are rejected before that) and, at teardown, until the namespace is gone."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].rstrip("-")
+    name = f"{slug}-{uuid.uuid4().hex[:5]}"
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name, labels={TEST_NAMESPACE_LABEL.split("=")[0]: "true"})))
+    kube.wait_for(core.list_namespaced_service_account, lambda sa: sa.metadata.name == "default", 30,
+                  f"ServiceAccount default in {name}", namespace=name)
+    yield name
+    _delete_namespace(core, name)
+
+
+def _delete_namespace(core: k8s.CoreV1Api, name: str) -> None:
+    """Starts the deletion; the session waits once, at its end, until every test namespace is gone."""
+    try:
+        core.delete_namespace(name, propagation_policy="Background")
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
+def _wait_test_namespaces_gone(api: k8s.ApiClient, timeout: float = 120) -> None:
+    """Nothing a test created may stay stuck: a pod holding a finalizer is released so its namespace can go."""
+    core = k8s.CoreV1Api(api)
+
+    def all_gone() -> bool:
+        remaining = core.list_namespace(label_selector=TEST_NAMESPACE_LABEL).items
+        for ns in remaining:
+            for pod in core.list_namespaced_pod(ns.metadata.name).items:
+                if pod.metadata.finalizers and pod.metadata.deletion_timestamp:
+                    core.patch_namespaced_pod(pod.metadata.name, ns.metadata.name, {"metadata": {"finalizers": None}})
+        return not remaining
+
+    wait_until("test namespaces deleted", all_gone, timeout, interval=1)

@@ -1,0 +1,1 @@
+"""Pure, fast tests: no cluster, no network, no clock."""
