@@ -1,7 +1,7 @@
 """The revision: a short, stable hash of everything that changes the served artifact.
 
-Artifact fields are `spec.model` (uri and revision), `spec.quantization`, `spec.engine` and the
-replica's GPU count (the engine is built for a world size: tensor x pipeline parallel). Rollout,
+Artifact fields are `spec.model` (uri and revision), `spec.quantization`, `spec.engine`,
+`spec.runtime.env` (it changes what the runtime produces) and the replica's GPU count (the engine is built for a world size: tensor x pipeline parallel). Rollout,
 serving replicas, node selection, the token Secret and the planner's shape hint do not change the
 artifact, so editing them keeps the revision. Hashing the typed spec makes key order, defaults
 written out or left implicit, and spellings such as "0.90" versus "0.9" irrelevant.
@@ -27,6 +27,7 @@ def artifact_fields(spec: QuantizedModelSpec) -> dict[str, Any]:
         "quantization": spec.quantization.model_dump(mode="json", exclude_none=True),
         "engine": engine,
         "gpusPerReplica": spec.node_pool.gpus_per_replica,
+        "runtimeEnv": sorted((var.name, var.value) for var in spec.runtime.env or ()),
     }
 
 

@@ -1,10 +1,15 @@
 """Fixtures for tests on the local fleet: one real control plane per test session, a fresh namespace per test."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
@@ -74,6 +79,21 @@ def _delete_namespace(core: k8s.CoreV1Api, name: str) -> None:
             raise
 
 
+def _release_models(api: k8s.ApiClient, namespace: str) -> None:
+    """QuantizedModels keep the operator's finalizer; once the operator has stopped, nobody else removes it."""
+    objects = k8s.CustomObjectsApi(api)
+    try:
+        models = objects.list_namespaced_custom_object("qfleet.io", "v1alpha1", namespace, "quantizedmodels")["items"]
+    except ApiException as error:
+        if error.status == 404:  # the CRD is not installed in this session
+            return
+        raise
+    for model in models:
+        if model["metadata"].get("finalizers") and model["metadata"].get("deletionTimestamp"):
+            objects.patch_namespaced_custom_object("qfleet.io", "v1alpha1", namespace, "quantizedmodels",
+                                                   model["metadata"]["name"], {"metadata": {"finalizers": None}})
+
+
 def _wait_test_namespaces_gone(api: k8s.ApiClient, timeout: float = 120) -> None:
     """Nothing a test created may stay stuck: a pod holding a finalizer is released so its namespace can go."""
     core = k8s.CoreV1Api(api)
@@ -84,6 +104,68 @@ def _wait_test_namespaces_gone(api: k8s.ApiClient, timeout: float = 120) -> None
             for pod in core.list_namespaced_pod(ns.metadata.name).items:
                 if pod.metadata.finalizers and pod.metadata.deletion_timestamp:
                     core.patch_namespaced_pod(pod.metadata.name, ns.metadata.name, {"metadata": {"finalizers": None}})
+            _release_models(api, ns.metadata.name)
         return not remaining
 
     wait_until("test namespaces deleted", all_gone, timeout, interval=1)
+
+
+CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "qfleet.io_quantizedmodels.yaml"
+
+
+@pytest.fixture(scope="session")
+def crd(api):
+    """Installs the CRD once per session (create, or replace what an earlier run left) and waits until it serves."""
+    extensions = k8s.ApiextensionsV1Api(api)
+    manifest = yaml.safe_load(CRD_FILE.read_text())
+    name = manifest["metadata"]["name"]
+    try:
+        extensions.create_custom_resource_definition(manifest)
+    except ApiException as error:
+        if error.status != 409:
+            raise
+        manifest["metadata"]["resourceVersion"] = extensions.read_custom_resource_definition(name).metadata \
+            .resource_version
+        extensions.replace_custom_resource_definition(name, manifest)
+    kube.wait_for(extensions.list_custom_resource_definition,
+                  lambda c: c.metadata.name == name and any(
+                      cond.type == "Established" and cond.status == "True" for cond in (c.status.conditions or [])),
+                  30, f"CRD {name} Established")
+    return manifest
+
+
+class OperatorProcess:
+    """`kopf run -m qfleet.main` as a subprocess against the fleet: isolated from the test process, restartable."""
+
+    def __init__(self, fleet: Fleet, log_path: Path):
+        self.fleet, self.log_path = fleet, log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, KUBECONFIG=str(self.fleet.kubeconfig), QFLEET_RECONCILE_INTERVAL="1")
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces", "--verbose",
+                 "-m", "qfleet.main"], stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="session")
+def operator_process(fleet, crd, tmp_path_factory):
+    runner = OperatorProcess(fleet, tmp_path_factory.mktemp("operator") / "kopf.log")
+    runner.start()
+    yield runner
+    runner.stop()

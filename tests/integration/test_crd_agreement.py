@@ -10,34 +10,11 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
-from localfleet import kube
 from qfleet.api import GROUP, PLURAL, VERSION, SpecError, parse_document
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD_FILE = ROOT / "crds" / "qfleet.io_quantizedmodels.yaml"
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 INVALID = yaml.safe_load((ROOT / "tests" / "data" / "invalid_models.yaml").read_text())
-
-
-@pytest.fixture(scope="session")
-def crd(api):
-    """Installs the CRD once per session (create, or replace what an earlier run left) and waits until it serves."""
-    extensions = k8s.ApiextensionsV1Api(api)
-    manifest = yaml.safe_load(CRD_FILE.read_text())
-    name = manifest["metadata"]["name"]
-    try:
-        extensions.create_custom_resource_definition(manifest)
-    except ApiException as error:
-        if error.status != 409:
-            raise
-        manifest["metadata"]["resourceVersion"] = extensions.read_custom_resource_definition(name).metadata \
-            .resource_version
-        extensions.replace_custom_resource_definition(name, manifest)
-    kube.wait_for(extensions.list_custom_resource_definition,
-                  lambda c: c.metadata.name == name and any(
-                      cond.type == "Established" and cond.status == "True" for cond in (c.status.conditions or [])),
-                  30, f"CRD {name} Established")
-    return manifest
 
 
 def dry_run_create(api, namespace: str, document: dict) -> None:

@@ -49,6 +49,7 @@ EDIT_CASES = [
     EditCase("KV memory fraction", _set("engine.kvCacheFreeGpuMemoryFraction", "0.85"), True),
     EditCase("GPUs per replica: the engine's world size", _set("nodePool.gpusPerReplica", 4), True),
     EditCase("tensor parallel below the GPU count", _set("engine.tensorParallel", 4), True),
+    EditCase("runtime environment (a fault switch)", _set("runtime.env", [{"name": "QFLEET_FAULT_STEP", "value": "evaluate"}]), True),
     EditCase("canary steps", _set("rollout.steps", [{"weight": 5}, {"weight": 100}]), False),
     EditCase("gates", _set("rollout.analysis.gates.fallbackRate", {"max": "0.01"}), False),
     EditCase("manual pause", _set("rollout.paused", True), False),
@@ -89,6 +90,6 @@ def test_revision_is_ten_hex_digits_and_stable() -> None:
 def test_artifact_fields_name_exactly_what_is_hashed() -> None:
     fields = artifact_fields(parse_spec(BASE))
 
-    assert set(fields) == {"model", "quantization", "engine", "gpusPerReplica"}
+    assert set(fields) == {"model", "quantization", "engine", "gpusPerReplica", "runtimeEnv"}
     assert fields["model"] == {"uri": "hf://meta-llama/Llama-3.3-70B-Instruct", "revision": "main"}
     assert fields["engine"]["tensorParallel"] == 8

@@ -35,6 +35,8 @@ class Reason(StrEnum):
     RECONCILING = "Reconciling"
     """First visit: every condition starts Unknown with this reason."""
     INVALID_SPEC = "InvalidSpec"
+    WAITING_FOR_PREVIOUS_STEP = "WaitingForPreviousStep"
+    """A pipeline step that waits for the one before it (or for a compatible node pool)."""
     INTERNAL_ERROR = "InternalError"
     """An unexpected error; the message asks to check the operator's logs."""
 

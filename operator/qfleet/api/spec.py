@@ -15,6 +15,7 @@ from qfleet.api.rollout_spec import Rollout
 from qfleet.api.values import (
     ArtifactsUri,
     DnsSubdomain,
+    EnvVarName,
     KvCacheChoice,
     LadderFormat,
     MemoryFraction,
@@ -133,6 +134,22 @@ class Serving(SpecObject):
     resources: Resources | None = None
 
 
+class EnvVar(SpecObject):
+    name: EnvVarName = Field(examples=["HF_HUB_OFFLINE"])
+    value: str = Field(default="", max_length=4096)
+
+
+class Runtime(SpecObject):
+    env: list[EnvVar] | None = Field(default=None, max_length=50)
+
+    def violations(self) -> Iterator[FieldError]:
+        seen: set[str] = set()
+        for index, var in enumerate(self.env or ()):
+            if var.name in seen:
+                yield FieldError(f"env[{index}].name", f"{var.name} is set twice: give each variable once")
+            seen.add(var.name)
+
+
 class Artifacts(SpecObject):
     uri: ArtifactsUri = Field(examples=["pvc://qfleet-artifacts/llama"])
 
@@ -144,6 +161,7 @@ class QuantizedModelSpec(SpecObject):
     node_pool: NodePool = Field(default_factory=NodePool)
     serving: Serving = Field(examples=["{image: nvcr.io/nvidia/tritonserver:25.08-trtllm-python-py3}"])
     rollout: Rollout = Field(default_factory=Rollout)
+    runtime: Runtime = Field(default_factory=Runtime)
     artifacts: Artifacts = Field(examples=["{uri: pvc://qfleet-artifacts/llama}"])
 
     def violations(self) -> Iterator[FieldError]:

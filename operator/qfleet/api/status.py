@@ -31,6 +31,7 @@ class RevisionStatus(StatusObject):
 
 class CapacityStatus(StatusObject):
     gpu: str | None = None
+    compute_capability: str | None = None
     kv_cache: str | None = None
     kv_bytes_per_token: int | None = None
     max_tokens_per_replica: int | None = None
@@ -47,6 +48,11 @@ class CalibrationReport(StatusObject):
 
 class CalibrationStatus(StatusObject):
     job: str | None = None
+    dataset: str | None = None
+    dataset_hash: str | None = None
+    samples: int | None = None
+    model_opt_version: str | None = Field(default=None, alias="modelOptVersion")
+    device: str | None = None
     report: CalibrationReport | None = None
     completed_at: datetime | None = None
 
@@ -55,12 +61,15 @@ class EngineStatus(StatusObject):
     job: str | None = None
     artifact: str | None = None
     kv_cache_dtype: str | None = None
+    compute_capability: str | None = None
     built_at: datetime | None = None
 
 
 class EvaluationStatus(StatusObject):
     job: str | None = None
     quality_drop: str | None = None
+    score: str | None = None
+    baseline_score: str | None = None
     passed: bool | None = None
     completed_at: datetime | None = None
 
@@ -97,11 +106,20 @@ class HistoryEntry(StatusObject):
     message: str | None = None
 
 
+class LadderEntry(StatusObject):
+    """kvCache auto: one ladder format and what became of it (Selected, Unsupported, QualityGateFailed)."""
+
+    kv_cache: str
+    outcome: str
+    message: str | None = None
+
+
 class QuantizedModelStatus(StatusObject):
     observed_generation: int | None = None
     phase: Phase | None = None
     revision: RevisionStatus | None = None
     capacity: CapacityStatus | None = None
+    ladder: list[LadderEntry] | None = None
     calibration: CalibrationStatus | None = None
     engine: EngineStatus | None = None
     evaluation: EvaluationStatus | None = None

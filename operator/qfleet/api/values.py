@@ -28,6 +28,7 @@ HTTP_URL_PATTERN = r"^https?://[^\s]+$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+ENV_VAR_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
@@ -43,6 +44,7 @@ PATTERNS = frozenset(
         DNS_LABEL_PATTERN,
         DNS_SUBDOMAIN_PATTERN,
         SECRET_KEY_PATTERN,
+        ENV_VAR_NAME_PATTERN,
         QUANTITY_PATTERN,
     }
 )
@@ -273,6 +275,11 @@ DnsSubdomain = Annotated[
         _patterned("llama-route", DNS_SUBDOMAIN_PATTERN, "a Kubernetes object name (lowercase, '-', '.')", 253)
     ),
 ]
+EnvVarName = Annotated[
+    str,
+    PlainValidator(_patterned("HF_HUB_OFFLINE", ENV_VAR_NAME_PATTERN, "an environment variable name (letters, digits, '_')", 253)),
+]
+
 SecretKey = Annotated[
     str,
     PlainValidator(_patterned("token", SECRET_KEY_PATTERN, "a Secret key (letters, digits, '-', '_', '.')", 253)),

@@ -1,0 +1,95 @@
+"""The Job contract between the operator and the runtime: each step's program, arguments and result.
+
+The operator renders a step's container from `step_invocation`; the runtime (`qfleet-runtime <step> ...`) parses
+exactly these arguments. Results come back as a compact JSON summary (at most 4 KiB) that the runtime writes to
+`TERMINATION_MESSAGE_PATH`, which Kubernetes copies into the pod's terminated container state; the full report stays
+under the artifact directory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from qfleet.api.spec import QuantizedModelSpec
+
+PROGRAM = "qfleet-runtime"
+ARTIFACTS_MOUNT = "/var/lib/qfleet/artifacts"
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+SUMMARY_LIMIT_BYTES = 4096
+
+
+class Step(StrEnum):
+    CALIBRATE = "calibrate"
+    BUILD = "build"
+    EVALUATE = "evaluate"
+
+
+@dataclass(frozen=True)
+class ArtifactLocation:
+    """Where a revision's artifacts live: a PersistentVolumeClaim mounted at ARTIFACTS_MOUNT, or an object store."""
+
+    claim: str | None
+    path: str
+
+    @classmethod
+    def parse(cls, uri: str, revision: str, kv_format: str) -> ArtifactLocation:
+        scheme, _, rest = uri.partition("://")
+        leaf = f"{revision}/{kv_format}"
+        if scheme == "pvc":
+            claim, _, sub = rest.partition("/")
+            return cls(claim=claim, path="/".join(p for p in (ARTIFACTS_MOUNT, sub.strip("/"), leaf) if p))
+        return cls(claim=None, path=f"{uri.rstrip('/')}/{leaf}")
+
+
+@dataclass(frozen=True)
+class StepInvocation:
+    step: Step
+    args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    artifacts: ArtifactLocation
+
+
+def step_invocation(
+    step: Step, spec: QuantizedModelSpec, revision: str, kv_format: str, compute_capability: tuple[int, int]
+) -> StepInvocation:
+    artifacts = ArtifactLocation.parse(spec.artifacts.uri, revision, kv_format)
+    common = ("--revision", revision, "--kv-format", kv_format, "--artifacts", artifacts.path,
+              "--summary-file", TERMINATION_MESSAGE_PATH)
+    calibration = spec.quantization.calibration
+    if step is Step.CALIBRATE:
+        specific: tuple[str, ...] = (
+            "--model-uri", spec.model.uri, "--model-revision", spec.model.revision,
+            "--weights", spec.quantization.weights,
+            "--dataset", calibration.dataset, "--samples", str(calibration.samples),
+            "--max-seq-len", str(calibration.max_seq_len),
+        )
+        if spec.quantization.layer_fallback is not None:
+            specific += ("--max-layer-kl", str(spec.quantization.layer_fallback.max_layer_kl))
+    elif step is Step.BUILD:
+        engine = spec.engine
+        specific = (
+            "--backend", engine.backend, "--max-batch-size", str(engine.max_batch_size),
+            "--max-seq-len", str(engine.max_seq_len), "--max-num-tokens", str(engine.max_num_tokens),
+            "--tensor-parallel", str(spec.tensor_parallel),
+            "--kv-cache-free-gpu-memory-fraction", str(engine.kv_cache_free_gpu_memory_fraction),
+            "--compute-capability", f"{compute_capability[0]}.{compute_capability[1]}",
+        )
+    else:
+        specific = ("--model-uri", spec.model.uri, "--model-revision", spec.model.revision,
+                    "--baseline-kv-format", "bf16")
+    env = tuple((var.name, var.value) for var in spec.runtime.env or ())
+    return StepInvocation(step=step, args=(step.value, *common, *specific), env=env, artifacts=artifacts)
+
+
+def parse_summary(message: str | None) -> dict[str, Any]:
+    """The step's summary from a termination message; {} when there is none or it is not a JSON object."""
+    if not message:
+        return {}
+    try:
+        summary = json.loads(message)
+    except ValueError:
+        return {}
+    return summary if isinstance(summary, dict) else {}

@@ -1,0 +1,133 @@
+"""The one module that talks to the Kubernetes API: reading children and nodes into plain views, creating Jobs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.rest import ApiException
+
+from qfleet.api.group import GROUP, PLURAL, VERSION
+from qfleet.api.jobs import parse_summary
+from qfleet.gpus import RESOURCE_GPU
+from qfleet.manifests.names import LABEL_MODEL
+from qfleet.pipeline import JobState, JobView, NodeView
+
+log = logging.getLogger(__name__)
+REQUEST_TIMEOUT = (5, 30)
+"""(connect, read) seconds for every call: a stuck API server must not stall a handler forever."""
+
+
+def configure() -> k8s.ApiClient:
+    """In-cluster credentials when running as a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    try:
+        k8s_config.load_incluster_config()
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config()
+    return k8s.ApiClient()
+
+
+def node_view(node: Mapping[str, Any]) -> NodeView:
+    """A Node (as a dict, the way Kopf indexes deliver it) seen as the admission check needs it."""
+    metadata, spec, status = node.get("metadata", {}), node.get("spec", {}), node.get("status", {})
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    blocked = any(t.get("effect") == "NoSchedule" and t.get("key", "").startswith("node.kubernetes.io/")
+                  for t in spec.get("taints") or [])
+    try:
+        gpus = int(str((status.get("allocatable") or {}).get(RESOURCE_GPU, "0")))
+    except ValueError:
+        gpus = 0
+    return NodeView(name=metadata.get("name", ""), labels=dict(metadata.get("labels") or {}), allocatable_gpus=gpus,
+                    schedulable=ready and not spec.get("unschedulable", False) and not blocked)
+
+
+def job_view(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> JobView:
+    """A Job and its pods: finished or not, the step's summary (termination message) and why it failed."""
+    conditions = {c.get("type"): c for c in (job.get("status") or {}).get("conditions") or []
+                  if c.get("status") == "True"}
+    terminated = [_terminated(p) for p in pods]
+    terminated = [t for t in terminated if t is not None]
+    terminated.sort(key=lambda t: t.get("finishedAt") or "")
+    last = terminated[-1] if terminated else {}
+    name = job["metadata"]["name"]
+    if "Complete" in conditions or "SuccessCriteriaMet" in conditions:
+        succeeded = [t for t in terminated if t.get("exitCode") == 0]
+        return JobView(name, JobState.SUCCEEDED, parse_summary((succeeded or [last])[-1].get("message")))
+    if "Failed" in conditions or "FailureTarget" in conditions:
+        failed = conditions.get("Failed") or conditions.get("FailureTarget") or {}
+        return JobView(name, JobState.FAILED, parse_summary(last.get("message")), _failure(failed, last))
+    return JobView(name, JobState.RUNNING, waiting=_waiting(pods))
+
+
+def _waiting(pods: Iterable[Mapping[str, Any]]) -> str:
+    """The scheduler's or kubelet's complaint about a pod that has not started, e.g. a missing claim."""
+    for pod in pods:
+        status = pod.get("status") or {}
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+                return f"{condition.get('reason')}: {condition.get('message', '')}"[:500]
+        for container in status.get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting")
+            if waiting and waiting.get("reason") not in (None, "ContainerCreating"):
+                return f"{waiting.get('reason')}: {waiting.get('message', '')}"[:500]
+    return ""
+
+
+def _terminated(pod: Mapping[str, Any]) -> dict | None:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (status.get("state") or {}).get("terminated")
+        if terminated:
+            return terminated
+    return None
+
+
+def _failure(condition: Mapping[str, Any], terminated: Mapping[str, Any]) -> str:
+    parts = []
+    if terminated:
+        parts.append(f"exit code {terminated.get('exitCode')}")
+        message = (terminated.get("message") or "").strip()
+        summary = parse_summary(message)
+        if summary.get("error"):
+            message = str(summary["error"])
+        if message:
+            parts.append(message.splitlines()[-1][:500])
+    if condition.get("reason") and condition.get("reason") != "BackoffLimitExceeded":
+        parts.append(f"{condition.get('reason')}: {condition.get('message', '')}".strip())
+    return "; ".join(parts) or str(condition.get("message") or "the Job failed")
+
+
+def create_job(api: k8s.ApiClient, manifest: dict) -> bool:
+    """Creates the Job; an existing one (409) counts as success. Returns True when this call created it."""
+    try:
+        k8s.BatchV1Api(api).create_namespaced_job(manifest["metadata"]["namespace"], manifest,
+                                                  _request_timeout=REQUEST_TIMEOUT)
+    except ApiException as error:
+        if error.status == 409:
+            return False
+        raise
+    log.info("Created Job %s/%s", manifest["metadata"]["namespace"], manifest["metadata"]["name"])
+    return True
+
+
+def children_selector(model: str) -> str:
+    return f"{LABEL_MODEL}={model}"
+
+
+def replace_status(api: k8s.ApiClient, body: dict, status: dict) -> bool:
+    """Writes the whole status (a PUT of the status subresource, guarded by resourceVersion, so fields that went away
+    are removed). Returns False on a conflict: someone wrote meanwhile and the next visit recomputes."""
+    meta = body["metadata"]
+    document = {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": {
+        "name": meta["name"], "namespace": meta["namespace"], "resourceVersion": meta["resourceVersion"]},
+        "spec": body.get("spec", {}), "status": status}
+    try:
+        k8s.CustomObjectsApi(api).replace_namespaced_custom_object_status(
+            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], document, _request_timeout=REQUEST_TIMEOUT)
+    except ApiException as error:
+        if error.status in (404, 409):
+            return False
+        raise
+    return True

@@ -1,0 +1,1 @@
+"""Builders of the children's manifests: plain data in, plain dicts out."""

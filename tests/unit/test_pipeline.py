@@ -1,0 +1,262 @@
+"""The pipeline decision as tables: admission against node pools, and one visit's step, status and Jobs."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from qfleet.api import parse_spec
+from qfleet.gpus import GPUS, gfd_labels
+from qfleet.manifests.jobs import job_name
+from qfleet.manifests.names import MAX_NAME, child_name
+from qfleet.api.jobs import Step
+from qfleet.pipeline import JobState, JobView, NodeView, Observed, admit, decide
+from qfleet.revision import revision_of
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+SPEC = {
+    "model": {"uri": "hf://meta-llama/Llama-3.3-70B-Instruct"},
+    "quantization": {"weights": "bf16", "kvCache": "nvfp4"},
+    "nodePool": {"nodeSelector": {"pool": "gpu"}, "gpusPerReplica": 8},
+    "serving": {"image": "qfleet/runtime:test"},
+    "artifacts": {"uri": "pvc://qfleet-artifacts/llama"},
+}
+
+
+def nodes(*kinds: tuple[str, int]) -> list[NodeView]:
+    """(GPU name, allocatable GPUs) per node, all in pool=gpu."""
+    return [NodeView(f"{gpu.lower()}-{i}", {"pool": "gpu", **gfd_labels(GPUS[gpu], count)}, count)
+            for i, (gpu, count) in enumerate(kinds)]
+
+
+def spec_with(**changes: Any) -> dict:
+    spec = copy.deepcopy(SPEC)
+    for path, value in changes.items():
+        *parents, leaf = path.split("__")
+        node = spec
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return spec
+
+
+@dataclass
+class AdmitCase:
+    reason: str
+    spec: dict
+    nodes: list[NodeView]
+    kv_format: str | None
+    compute_capability: tuple[int, int] | None = None
+    message_has: tuple[str, ...] = ()
+    excluded: tuple[str, ...] = ()
+
+
+ADMIT_CASES = [
+    AdmitCase("nvfp4 on B200", SPEC, nodes(("B200", 8)), "nvfp4", (10, 0)),
+    AdmitCase("nvfp4 on H100 only", SPEC, nodes(("H100", 8), ("H100", 8)), None,
+              message_has=("10.0", "9.0", "NVIDIA-H100-80GB-HBM3", "nvfp4")),
+    AdmitCase("mixed pool pins the Blackwell nodes", SPEC, nodes(("H100", 8), ("B200", 8)), "nvfp4", (10, 0)),
+    AdmitCase("fp8 on a mixed pool pins the newest capability", spec_with(quantization__kvCache="fp8"),
+              nodes(("H100", 8), ("B200", 8), ("L40S", 8)), "fp8", (10, 0)),
+    AdmitCase("fp8 on L40S (8.9)", spec_with(quantization__kvCache="fp8"), nodes(("L40S", 8)), "fp8", (8, 9)),
+    AdmitCase("fp8 on A100 (8.0) is refused", spec_with(quantization__kvCache="fp8"), nodes(("A100", 8)), None,
+              message_has=("8.9", "8.0")),
+    AdmitCase("int8 on A100", spec_with(quantization__kvCache="int8"), nodes(("A100", 8)), "int8", (8, 0)),
+    AdmitCase("nvfp4 weights need Blackwell even with a bf16 cache",
+              spec_with(quantization={"weights": "nvfp4", "kvCache": "bf16"}), nodes(("H100", 8)), None,
+              message_has=("weights nvfp4",)),
+    AdmitCase("too few GPUs per node", SPEC, nodes(("B200", 4)), None, message_has=("gpusPerReplica", "8", "4")),
+    AdmitCase("selector matches nothing", spec_with(nodePool__nodeSelector={"pool": "none"}), nodes(("B200", 8)),
+              None, message_has=("nodeSelector",)),
+    AdmitCase("auto on H100 picks fp8",
+              spec_with(quantization={"kvCache": "auto", "kvCacheLadder": ["nvfp4", "fp8", "bf16"]}),
+              nodes(("H100", 8)), "fp8", (9, 0)),
+    AdmitCase("auto passes over an excluded format",
+              spec_with(quantization={"kvCache": "auto", "kvCacheLadder": ["nvfp4", "fp8", "bf16"]}),
+              nodes(("B200", 8)), "fp8", (10, 0), excluded=("nvfp4",)),
+    AdmitCase("unschedulable nodes do not count", SPEC,
+              [NodeView("b200-0", {"pool": "gpu", **gfd_labels(GPUS["B200"], 8)}, 8, schedulable=False)], None),
+]
+
+
+@pytest.mark.parametrize("case", ADMIT_CASES, ids=lambda c: c.reason)
+def test_admission(case: AdmitCase) -> None:
+    result = admit(parse_spec(case.spec), case.nodes, excluded=case.excluded)
+    assert result.kv_format == case.kv_format, result.message
+    assert result.compute_capability == case.compute_capability
+    for fragment in case.message_has:
+        assert fragment in result.message
+
+
+def observed(spec: dict | None = None, jobs: dict[str, JobView] | None = None, status: dict | None = None,
+             pool: list[NodeView] | None = None, generation: int = 1) -> Observed:
+    return Observed(name="llama", namespace="ns", uid="uid-1", generation=generation, spec=spec or SPEC,
+                    status=status or {}, jobs=jobs or {}, nodes=nodes(("B200", 8)) if pool is None else pool,
+                    now=NOW)
+
+
+def conditions(status: dict) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+REVISION = revision_of(parse_spec(SPEC))
+
+
+def job(step: Step, state: JobState, fmt: str = "nvfp4", spec: dict | None = None, **kwargs: Any) -> JobView:
+    revision = revision_of(parse_spec(spec)) if spec else REVISION
+    return JobView(job_name("llama", revision, fmt, step), state, **kwargs)
+
+
+def jobs(*views: JobView) -> dict[str, JobView]:
+    return {v.name: v for v in views}
+
+
+CALIBRATED = job(Step.CALIBRATE, JobState.SUCCEEDED, summary={"kvFormat": "nvfp4", "worstLayer": 3,
+                                                               "worstLayerKL": "0.02", "fallbackLayers": [3]})
+BUILT = job(Step.BUILD, JobState.SUCCEEDED, summary={"kvCacheDtype": "nvfp4", "artifact": "/a/engine"})
+
+
+@dataclass
+class VisitCase:
+    reason: str
+    observed: Observed
+    conditions: dict[str, tuple[str, str]]
+    creates: list[str] = field(default_factory=list)
+    phase: str | None = None
+
+
+AUTO = spec_with(quantization={"kvCache": "auto", "kvCacheLadder": ["nvfp4", "fp8", "bf16"]})
+AUTO_REVISION_JOBS = dict(spec=AUTO)
+
+VISIT_CASES = [
+    VisitCase("first visit creates the calibration Job", observed(),
+              {"Calibrated": ("Unknown", "Calibrating"), "EngineBuilt": ("Unknown", "WaitingForPreviousStep"),
+               "Ready": ("False", "RolloutInProgress")}, ["calibrate"], "Calibrating"),
+    VisitCase("a running calibration creates nothing", observed(jobs=jobs(job(Step.CALIBRATE, JobState.RUNNING))),
+              {"Calibrated": ("Unknown", "Calibrating")}, [], "Calibrating"),
+    VisitCase("calibrated: the build Job comes next", observed(jobs=jobs(CALIBRATED)),
+              {"Calibrated": ("True", "CalibrationSucceeded"), "EngineBuilt": ("Unknown", "Building")}, ["build"],
+              "Building"),
+    VisitCase("built: the evaluation Job comes next", observed(jobs=jobs(CALIBRATED, BUILT)),
+              {"EngineBuilt": ("True", "EngineBuildSucceeded"), "Evaluated": ("Unknown", "Evaluating")},
+              ["evaluate"], "Evaluating"),
+    VisitCase("evaluation within the gate",
+              observed(jobs=jobs(CALIBRATED, BUILT, job(Step.EVALUATE, JobState.SUCCEEDED,
+                                                        summary={"qualityDrop": "0.004"}))),
+              {"Evaluated": ("True", "EvaluationPassed"), "Ready": ("False", "RolloutInProgress")}, []),
+    VisitCase("evaluation above the gate stops a fixed format",
+              observed(jobs=jobs(CALIBRATED, BUILT, job(Step.EVALUATE, JobState.SUCCEEDED,
+                                                        summary={"qualityDrop": "0.03"}))),
+              {"Evaluated": ("False", "QualityGateFailed"), "Ready": ("False", "QualityGateFailed")}, [], "Failed"),
+    VisitCase("an evaluation without a qualityDrop fails rather than passes",
+              observed(jobs=jobs(CALIBRATED, BUILT, job(Step.EVALUATE, JobState.SUCCEEDED, summary={}))),
+              {"Evaluated": ("False", "EvaluationFailed")}, [], "Failed"),
+    VisitCase("failed calibration stops the pipeline",
+              observed(jobs=jobs(job(Step.CALIBRATE, JobState.FAILED, failure="exit code 3"))),
+              {"Calibrated": ("False", "CalibrationFailed"), "EngineBuilt": ("Unknown", "WaitingForPreviousStep"),
+               "Ready": ("False", "CalibrationFailed")}, [], "Failed"),
+    VisitCase("failed build", observed(jobs=jobs(CALIBRATED, job(Step.BUILD, JobState.FAILED))),
+              {"EngineBuilt": ("False", "EngineBuildFailed")}, [], "Failed"),
+    VisitCase("bf16 needs no calibration", observed(spec=spec_with(quantization__kvCache="bf16")),
+              {"Calibrated": ("True", "CalibrationNotRequired"), "EngineBuilt": ("Unknown", "Building")}, ["build"]),
+    VisitCase("no compatible pool creates nothing", observed(pool=nodes(("H100", 8))),
+              {"Ready": ("False", "NoCompatibleNodePool")}, [], "Failed"),
+    VisitCase("an invalid spec creates nothing",
+              observed(spec=spec_with(quantization={"kvCache": "auto"})),
+              {"Ready": ("False", "InvalidSpec")}, [], "Invalid"),
+    VisitCase("auto: a format that fails the quality gate gives way to the next",
+              observed(spec=AUTO, jobs=jobs(
+                  job(Step.CALIBRATE, JobState.SUCCEEDED, spec=AUTO),
+                  job(Step.BUILD, JobState.SUCCEEDED, spec=AUTO),
+                  job(Step.EVALUATE, JobState.SUCCEEDED, spec=AUTO, summary={"qualityDrop": "0.2"})),
+                  pool=nodes(("B200", 8)) + nodes(("H100", 8))),
+              {"Calibrated": ("Unknown", "Calibrating")}, ["calibrate"], "Calibrating"),
+    VisitCase("auto: when every format fails the gate the model stops",
+              observed(spec=AUTO, jobs=jobs(*[
+                  job(step, JobState.SUCCEEDED, fmt=fmt, spec=AUTO, summary={"qualityDrop": "0.2"})
+                  for fmt in ("nvfp4", "fp8", "bf16") for step in Step]), pool=nodes(("B200", 8))),
+              {"Ready": ("False", "QualityGateFailed")}, [], "Failed"),
+]
+
+
+@pytest.mark.parametrize("case", VISIT_CASES, ids=lambda c: c.reason)
+def test_one_visit(case: VisitCase) -> None:
+    decision = decide(case.observed)
+    found = conditions(decision.status)
+    for kind, expected in case.conditions.items():
+        assert found[kind] == expected, decision.status["conditions"]
+    assert [m["metadata"]["labels"]["qfleet.io/step"] for m in decision.create] == case.creates
+    assert decision.status["observedGeneration"] == case.observed.generation
+    if case.phase:
+        assert decision.status["phase"] == case.phase
+
+
+def test_a_visit_with_nothing_new_changes_nothing() -> None:
+    first = decide(observed(jobs=jobs(job(Step.CALIBRATE, JobState.RUNNING))))
+    again = decide(observed(jobs=jobs(job(Step.CALIBRATE, JobState.RUNNING)), status=first.status))
+    assert again.status == first.status
+    assert again.events == [] and again.create == []
+
+
+def test_transitions_post_events_once() -> None:
+    running = decide(observed(jobs=jobs(job(Step.CALIBRATE, JobState.RUNNING))))
+    done = decide(observed(jobs=jobs(CALIBRATED), status=running.status))
+    assert ("Normal", "CalibrationSucceeded") in {(e.type, e.reason) for e in done.events}
+    failed = decide(observed(jobs=jobs(job(Step.CALIBRATE, JobState.FAILED)), status=running.status))
+    assert ("Warning", "CalibrationFailed") in {(e.type, e.reason) for e in failed.events}
+
+
+def test_the_stable_revision_and_history_are_kept_through_a_failure() -> None:
+    status = {"revision": {"stable": "0123456789"}, "history": [
+        {"revision": "0123456789", "outcome": "Promoted", "at": "2026-11-20T00:00:00Z"}]}
+    decision = decide(observed(jobs=jobs(job(Step.CALIBRATE, JobState.FAILED)), status=status))
+    assert decision.status["revision"] == {"current": REVISION, "stable": "0123456789"}
+    assert decision.status["history"][0]["revision"] == "0123456789"
+
+
+def test_status_records_results_and_provenance() -> None:
+    calibrated = job(Step.CALIBRATE, JobState.SUCCEEDED, summary={
+        "kvFormat": "nvfp4", "worstLayer": 3, "worstLayerKL": 0.02, "fallbackLayers": [3], "samples": 64,
+        "datasetHash": "sha256:ab", "modelOptVersion": "0.47.0", "device": "cuda:0 (NVIDIA B200)"})
+    status = decide(observed(jobs=jobs(calibrated, BUILT))).status
+    assert status["calibration"]["report"] == {"kvFormat": "nvfp4", "worstLayer": 3, "worstLayerKL": "0.02",
+                                               "fallbackLayers": [3]}
+    assert status["calibration"]["modelOptVersion"] == "0.47.0"
+    assert status["calibration"]["samples"] == 64
+    assert status["engine"]["computeCapability"] == "10.0"
+    assert status["capacity"]["kvBytesPerToken"] == 92_160
+
+
+def test_rollout_only_edits_keep_the_jobs() -> None:
+    edited = spec_with(rollout={"steps": [{"weight": 5}, {"weight": 100}]}, serving__replicas=7)
+    decision = decide(observed(spec=edited, jobs=jobs(CALIBRATED, BUILT), generation=2))
+    assert decision.status["revision"]["current"] == REVISION
+    assert [m["metadata"]["name"] for m in decision.create] == [job_name("llama", REVISION, "nvfp4", Step.EVALUATE)]
+
+
+def test_jobs_are_pinned_owned_and_locked_down() -> None:
+    manifest = decide(observed()).create[0]
+    pod = manifest["spec"]["template"]["spec"]
+    assert manifest["metadata"]["ownerReferences"][0] == {
+        "apiVersion": "qfleet.io/v1alpha1", "kind": "QuantizedModel", "name": "llama", "uid": "uid-1",
+        "controller": True, "blockOwnerDeletion": True}
+    assert pod["nodeSelector"] == {"pool": "gpu", "nvidia.com/gpu.compute.major": "10",
+                                   "nvidia.com/gpu.compute.minor": "0"}
+    assert pod["automountServiceAccountToken"] is False
+    container = pod["containers"][0]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "8"}
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["args"][:2] == ["calibrate", "--revision"]
+    assert {"name": "artifacts", "persistentVolumeClaim": {"claimName": "qfleet-artifacts"}} in pod["volumes"]
+    assert f"/var/lib/qfleet/artifacts/llama/{REVISION}/nvfp4" in container["args"]
+
+
+@pytest.mark.parametrize("model", ["llama", "a" * 40, "b" * 63])
+def test_child_names_fit_a_label_and_stay_distinct(model: str) -> None:
+    name = child_name(model, "0123456789", "nvfp4", "calibrate")
+    assert len(name) <= MAX_NAME
+    assert name.endswith("-0123456789-nvfp4-calibrate")
+    assert child_name(model + "x", "0123456789", "nvfp4", "calibrate") != name
