@@ -48,6 +48,7 @@ The local fleet is up. Use it with kubectl:
   export KUBECONFIG={fleet.kubeconfig}
   {kubectl} get nodes -L nvidia.com/gpu.product,nvidia.com/gpu.compute.major
 Prometheus: {fleet.prometheus_url()}
+Gateway (HTTPRoutes attach to Gateway localfleet/fleet, listener web): {fleet.gateway_url()}
 Stop it with: python -m localfleet down""")
 
 
@@ -58,7 +59,7 @@ def _print_status(status: dict) -> None:
     print(f"localfleet: {'running' if status['running'] else 'DEGRADED'} ({status['runDir']})")
     for name, proc in status["processes"].items():
         print(f"  {name:<24} pid {proc['pid']:<8} {'up' if proc['alive'] else 'DOWN'}")
-    for key in ("apiserver", "prometheus", "kubeconfig", "logs"):
+    for key in ("apiserver", "prometheus", "gateway", "kubeconfig", "logs"):
         print(f"  {key:<24} {status[key]}")
 
 

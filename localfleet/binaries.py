@@ -30,8 +30,10 @@ ETCD = Component("etcd", "3.6.14", ("etcd",))
 KWOK = Component("kwok", "0.8.0", ("kwok",))
 HELM = Component("helm", "3.21.4", ("helm",))
 PROMETHEUS = Component("prometheus", "3.16.0", ("prometheus",))
+TRAEFIK = Component("traefik", "3.6.12", ("traefik",))
+GATEWAY_API = Component("gateway-api", "1.4.0", ("gateway.networking.k8s.io_httproutes.yaml",))
 
-COMPONENTS = (ETCD, KUBERNETES, KWOK, HELM, PROMETHEUS)
+COMPONENTS = (ETCD, KUBERNETES, KWOK, HELM, PROMETHEUS, TRAEFIK, GATEWAY_API)
 
 
 def cache_root() -> Path:

@@ -2,7 +2,7 @@
 # Builds one local-fleet binary set from the Go module proxy into a version-keyed directory.
 #   build-binaries.sh COMPONENT VERSION OUTDIR
 # COMPONENT: kubernetes (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl) | etcd | kwok | helm |
-#            prometheus
+#            prometheus | traefik | gateway-api (the standard CRDs, from the module's config/crd/standard)
 # The caller (localfleet/binaries.py) decides what is missing and runs builds one at a time (2 cores).
 # Output lands in OUTDIR.tmp and is renamed to OUTDIR only when complete, so a cut-off build is never taken for done.
 set -euo pipefail
@@ -82,6 +82,27 @@ build_prometheus() {
   local ldf="-s -w -X $p.Version=$version -X $p.Revision=module-$modver -X $p.Branch=release"
   ldf+=" -X $p.BuildUser=qfleet -X $p.BuildDate=$(date -u +%Y%m%d-%H:%M:%S)"
   GOBIN="$tmp_out" go install -trimpath -ldflags "$ldf" "github.com/prometheus/prometheus/cmd/prometheus@$modver"
+}
+
+build_traefik() {
+  # 3.6.x builds from the proxy through a wrapper that repeats traefik's own replace directives (3.7.x does not).
+  go mod init qfleet.local/traefikbin >/dev/null 2>&1
+  go mod edit -go=1.25.0 -require="github.com/traefik/traefik/v3@v$version" \
+    -replace=github.com/abbot/go-http-auth=github.com/containous/go-http-auth@v0.4.1-0.20200324110947-a37a7636d23e \
+    -replace=github.com/gorilla/mux=github.com/containous/mux@v0.0.0-20250523120546-41b6ec3aed59 \
+    -replace=github.com/mailgun/minheap=github.com/containous/minheap@v0.0.0-20190809180810-6e71eb837595 \
+    -exclude=github.com/tencentcloud/tencentcloud-sdk-go@v3.0.83+incompatible
+  printf '//go:build tools\npackage tools\n\nimport _ "github.com/traefik/traefik/v3/cmd/traefik"\n' >tools.go
+  go mod tidy
+  go build -trimpath -ldflags "-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=v$version" \
+    -o "$tmp_out/traefik" github.com/traefik/traefik/v3/cmd/traefik
+}
+
+build_gateway-api() {
+  local dir
+  dir=$(go mod download -json "sigs.k8s.io/gateway-api@v$version" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  cp "$dir"/config/crd/standard/*.yaml "$tmp_out/"
+  chmod u+w "$tmp_out"/*.yaml
 }
 
 start=$(date +%s)

@@ -7,19 +7,24 @@ which is how `down` and `status` find what `up` started. Ports are picked free o
 from __future__ import annotations
 
 import json
+import os
 import ssl
+import sys
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from localfleet import binaries, network, nodes, pki, processes
+from localfleet import binaries, gateway, network, nodes, pki, processes
+from localfleet.executor import kubelet as executor_kubelet
 from localfleet import prometheus as prom_config
 from localfleet.network import SERVICE_RANGE
 
 KWOK_CONFIG = Path(__file__).with_name("kwok.yaml")
-PORT_NAMES = ("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler", "kwok", "prometheus")
-START_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "prometheus")
+PORT_NAMES = ("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler", "kwok", "prometheus", "gateway",
+              "traefik_api")
+START_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "executor",
+               "prometheus", "traefik")
 
 
 @dataclass
@@ -69,6 +74,10 @@ class Fleet:
         state = state or self.state()
         return f"https://127.0.0.1:{state.ports['apiserver']}"
 
+    def gateway_url(self, state: FleetState | None = None) -> str:
+        state = state or self.state()
+        return f"http://127.0.0.1:{state.ports['gateway']}"
+
     def prometheus_url(self, state: FleetState | None = None) -> str:
         state = state or self.state()
         return f"http://127.0.0.1:{state.ports['prometheus']}"
@@ -105,8 +114,8 @@ class Fleet:
         log(f"localfleet: up in {time.monotonic() - started:.1f} s ({self.run_dir})")
         return state
 
-    def _start(self, state: FleetState, name: str, argv: list[str]):
-        process = processes.start(name, argv, self.log_dir)
+    def _start(self, state: FleetState, name: str, argv: list[str], env: dict | None = None, cwd: Path | None = None):
+        process = processes.start(name, argv, self.log_dir, env=env, cwd=cwd)
         state.pids[name] = process.pid
         self._save(state)
         return process
@@ -177,6 +186,11 @@ class Fleet:
         processes.wait_until("simulated nodes Ready", lambda: kube.nodes_ready(api, names), 60, process=kwok,
                              log=self._log("kwok"))
 
+        executor = self._start_executor(state)
+        executor_nodes = [m["metadata"]["name"] for m in nodes.load_executor(self.fleet_file).node_manifests()]
+        processes.wait_until("executor nodes Ready", lambda: kube.nodes_ready(api, executor_nodes), 60,
+                             process=executor, log=self._log("executor"))
+
         config = run / "prometheus.yml"
         prom_config.write_config(config, apiserver_url=self.apiserver_url(state), pki_dir=self.pki_dir,
                                  self_address=f"127.0.0.1:{p['prometheus']}", scrape_interval=self.scrape_interval)
@@ -188,6 +202,25 @@ class Fleet:
             "--scrape.discovery-reload-interval=500ms"])
         processes.wait_until("prometheus to scrape itself", lambda: self._prometheus_has_data(state), 60,
                              process=prometheus, log=self._log("prometheus"))
+
+        gateway.install(api, p["gateway"])
+        gateway.create_gateway(api, p["gateway"])
+        traefik = self._start(state, "traefik", gateway.traefik_argv(p["gateway"], p["traefik_api"],
+                                                                          self.log_dir / "traefik-provider.log"),
+                              env=dict(os.environ, KUBECONFIG=kubeconfig))
+        processes.wait_until("the gateway to be programmed", lambda: gateway.gateway_programmed(api), 60,
+                             process=traefik, log=self._log("traefik"))
+
+    def _start_executor(self, state: FleetState):
+        return self._start(state, "executor", [
+            sys.executable, "-m", "localfleet.executor", f"--run-dir={self.run_dir}", f"--kubeconfig={self.kubeconfig}",
+            f"--fleet-file={self.fleet_file}"], cwd=Path(__file__).resolve().parents[1])
+
+    def restart_executor(self) -> None:
+        """Stops the executor (its pods keep running) and starts it again; it adopts them from its state file."""
+        state = self.state()
+        processes.stop(state.pids["executor"], str(self.run_dir))
+        self._start_executor(state)
 
     def _prometheus_has_data(self, state: FleetState) -> bool:
         url = f"{self.prometheus_url(state)}/api/v1/query?query=up%7Bjob%3D%22prometheus%22%7D"
@@ -204,6 +237,7 @@ class Fleet:
         for name in reversed(list(state.pids)):
             if processes.stop(state.pids[name], str(self.run_dir)):
                 stopped.append(name)
+        executor_kubelet.cleanup(self.run_dir)
         self.state_file.unlink(missing_ok=True)
         log(f"localfleet: stopped {', '.join(stopped) or 'nothing (no process was running)'}")
         return stopped
@@ -219,5 +253,6 @@ class Fleet:
             "kubeconfig": str(self.kubeconfig),
             "apiserver": self.apiserver_url(state),
             "prometheus": self.prometheus_url(state),
+            "gateway": self.gateway_url(state),
             "logs": str(self.log_dir),
         }

@@ -31,12 +31,13 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def start(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def start(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> subprocess.Popen:
     """Starts argv in a session of its own (it outlives `python -m localfleet up`), logging to log_dir/name.log."""
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / f"{name}.log", "ab") as log:
         return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env)
+                                start_new_session=True, env=env, cwd=cwd)
 
 
 def is_ours(pid: int, marker: str) -> bool:

@@ -143,11 +143,14 @@ def test_simulated_pod_addresses_stay_in_the_guarded_range(core, namespace):
 @pytest.fixture
 def small_fleet_file(tmp_path):
     path = tmp_path / "fleet.yaml"
-    path.write_text("pools:\n  - {name: b200, gpu: B200, nodes: 1, gpusPerNode: 8}\n")
+    path.write_text("pools:\n  - {name: b200, gpu: B200, nodes: 1, gpusPerNode: 8}\n"
+                    "executor:\n  nodes: [{name: exec-small, gpu: B200, gpusPerNode: 8}]\n"
+                    "  images: {localfleet/shell: {}}\n")
     return path
 
 
-def test_a_second_fleet_runs_beside_and_down_leaves_no_process(fleet, tmp_path, small_fleet_file):
+def test_a_second_fleet_runs_beside_and_down_leaves_nothing_behind(fleet, tmp_path, small_fleet_file):
+    from localfleet.executor import netns
     from localfleet.fleet import Fleet
     from localfleet.processes import is_ours
 
@@ -156,9 +159,28 @@ def test_a_second_fleet_runs_beside_and_down_leaves_no_process(fleet, tmp_path, 
     try:
         assert second.is_up() and fleet.is_up()
         assert set(second.state().ports.values()).isdisjoint(fleet.state().ports.values())
+        core = k8s.CoreV1Api(kube.client(second.kubeconfig))
+        kube.wait_for(core.list_namespaced_service_account, lambda sa: sa.metadata.name == "default", 30,
+                      "the default ServiceAccount", namespace="default")
+        core.create_namespaced_pod("default", k8s.V1Pod(
+            metadata=k8s.V1ObjectMeta(name="sleeper"),
+            spec=k8s.V1PodSpec(node_selector={nodes.EXECUTOR_LABEL: "true"}, tolerations=[k8s.V1Toleration(
+                key=nodes.EXECUTOR_LABEL, operator="Exists", effect="NoSchedule")],
+                containers=[k8s.V1Container(name="sleep", image="localfleet/shell", command=["sleep", "600"])])))
+        pod = kube.wait_for(core.list_namespaced_pod, lambda p: p.status.phase == "Running", 60, "sleeper to run",
+                            namespace="default")
+        pod_namespace = netns.namespace_name(pod.metadata.uid)
+        assert pod_namespace in netns.leftover_namespaces()
         pids = second.state().pids
     finally:
         stopped = second.down(log=lambda *_: None)
     assert sorted(stopped) == sorted(pids)
     assert not any(is_ours(pid, str(second.run_dir)) for pid in pids.values())
+    assert pod_namespace not in netns.leftover_namespaces()
+    assert not any(is_ours(pid, pod.metadata.uid) for pid in map(int, _all_pids()))
     assert fleet.is_up()
+
+
+def _all_pids() -> list[str]:
+    import os
+    return [entry for entry in os.listdir("/proc") if entry.isdigit()]
