@@ -75,6 +75,10 @@ class Reason(StrEnum):
     """A measured value went above a gate's `abortAbove`."""
     FAILURE_LIMIT_REACHED = "FailureLimitReached"
     INCONCLUSIVE_LIMIT_REACHED = "InconclusiveLimitReached"
+    ROLLOUT_ABORTED = "RolloutAborted"
+    """A person aborted the canary."""
+    PROMOTED = "Promoted"
+    """The canary passed every step (or a person promoted it) and became stable."""
 
     # Ready.
     REVISION_SERVING = "RevisionServing"
