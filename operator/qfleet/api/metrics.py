@@ -1,0 +1,41 @@
+"""The serving metrics contract (runtime -> Prometheus -> gates): names, labels, and what each means.
+
+The runtime's serving backend exports these on Triton's metrics port (8002) beside Triton's own `nv_inference_*`;
+the operator's default gate queries use only these names and the pod labels below, which the Prometheus scrape
+config turns into `qfleet_io_model`, `qfleet_io_revision`, `qfleet_io_role` (dots and slashes become underscores).
+docs/metrics.md is the human-readable copy; a unit test keeps the two in step.
+"""
+
+REQUESTS = "qfleet_requests_total"
+"""Counter: finished requests, label `outcome` (success, error)."""
+REQUEST_DURATION = "qfleet_request_duration_seconds"
+"""Histogram: request latency in seconds, from arrival to the last token (the p99 gate's input)."""
+TIME_TO_FIRST_TOKEN = "qfleet_time_to_first_token_seconds"
+"""Histogram: seconds from arrival to the first generated token."""
+TIME_PER_OUTPUT_TOKEN = "qfleet_time_per_output_token_seconds"
+"""Histogram: seconds per generated token after the first."""
+TOKENS = "qfleet_tokens_total"
+"""Counter: tokens, label `kind` (prompt, generated)."""
+KV_TOKENS = "qfleet_kv_tokens_total"
+"""Counter: tokens whose K/V entries were written to the cache (the fallback rate's denominator)."""
+KV_FALLBACK_TOKENS = "qfleet_kv_fallback_tokens_total"
+"""Counter: of those, tokens kept at higher precision (calibrated scale exceeded, outlier, or a fallback layer)."""
+KV_CACHE_BYTES = "qfleet_kv_cache_bytes"
+"""Gauge: bytes of KV cache in use."""
+KV_BYTES_PER_TOKEN = "qfleet_kv_bytes_per_token"
+"""Gauge: measured KV bytes per token over all layers, as stored (scales included)."""
+PREFIX_CACHE_HITS = "qfleet_prefix_cache_hits_total"
+"""Counter: prompt KV blocks served from the prefix cache."""
+PREFIX_CACHE_MISSES = "qfleet_prefix_cache_misses_total"
+"""Counter: prompt KV blocks that had to be computed."""
+QUALITY_KL = "qfleet_quality_kl_divergence_nats"
+"""Histogram: next-token KL divergence (nats) of sampled requests recomputed with BF16 KV."""
+QUALITY_TOP1 = "qfleet_quality_top1_agreement_ratio"
+"""Histogram: share of sampled requests' next-token argmax that agrees with BF16 KV (0..1)."""
+
+ALL = (REQUESTS, REQUEST_DURATION, TIME_TO_FIRST_TOKEN, TIME_PER_OUTPUT_TOKEN, TOKENS, KV_TOKENS, KV_FALLBACK_TOKENS,
+       KV_CACHE_BYTES, KV_BYTES_PER_TOKEN, PREFIX_CACHE_HITS, PREFIX_CACHE_MISSES, QUALITY_KL, QUALITY_TOP1)
+METRIC_LABELS = ("model", "kv_format")
+"""Labels every qfleet metric carries, set by the runtime."""
+POD_LABELS = {"model": "qfleet_io_model", "revision": "qfleet_io_revision", "role": "qfleet_io_role"}
+"""Target labels Prometheus derives from the serving pods' labels qfleet.io/model, /revision, /role."""

@@ -1,0 +1,30 @@
+"""qfleet.prom against the fleet's real Prometheus: numbers, silence, and a Prometheus that is not there."""
+from __future__ import annotations
+
+from decimal import Decimal
+
+from localfleet.processes import free_ports
+from qfleet.prom import measure
+
+
+def test_measure_reads_numbers_and_treats_silence_and_nan_as_no_value(fleet):
+    result = measure(fleet.prometheus_url(), {
+        "up": 'sum(up{job="prometheus"})',
+        "nothing": 'qfleet_requests_total{qfleet_io_revision="never-deployed"}',
+        "zero_by_zero": "vector(0) / vector(0)",
+    })
+    assert result.values == {"up": Decimal(1), "nothing": None, "zero_by_zero": None}
+    assert result.errors == {}
+
+
+def test_a_bad_query_is_an_error_not_a_value(fleet):
+    result = measure(fleet.prometheus_url(), {"broken": "sum(rate(x[5m]"})
+    assert result.values == {"broken": None}
+    assert "broken" in result.errors
+
+
+def test_an_unreachable_prometheus_gives_no_values_and_says_why():
+    port = free_ports(1)[0]  # nothing listens there
+    result = measure(f"http://127.0.0.1:{port}", {"p99LatencyRatio": "vector(1)"}, timeout=2)
+    assert result.values == {"p99LatencyRatio": None}
+    assert "Connection" in result.errors["p99LatencyRatio"]
