@@ -16,6 +16,8 @@ from typing import Any
 from qfleet.api.spec import QuantizedModelSpec
 
 PROGRAM = "qfleet-runtime"
+HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
+"""Triton's ports in a serving pod; the metrics port is named `metrics`, which Prometheus discovery keys on."""
 ARTIFACTS_MOUNT = "/var/lib/qfleet/artifacts"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 SUMMARY_LIMIT_BYTES = 4096
@@ -82,6 +84,13 @@ def step_invocation(
                     "--baseline-kv-format", "bf16")
     env = tuple((var.name, var.value) for var in spec.runtime.env or ())
     return StepInvocation(step=step, args=(step.value, *common, *specific), env=env, artifacts=artifacts)
+
+
+def serve_args(spec: QuantizedModelSpec, revision: str, kv_format: str) -> tuple[str, ...]:
+    """`qfleet-runtime serve ...`: Triton on the pod's address with the revision's engine and KV format."""
+    artifacts = ArtifactLocation.parse(spec.artifacts.uri, revision, kv_format)
+    return ("serve", "--revision", revision, "--kv-format", kv_format, "--artifacts", artifacts.path,
+            "--http-port", str(HTTP_PORT), "--grpc-port", str(GRPC_PORT), "--metrics-port", str(METRICS_PORT))
 
 
 def parse_summary(message: str | None) -> dict[str, Any]:
