@@ -5,12 +5,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help venv binaries test test-unit test-integration lint fleet-up fleet-down fleet-status clean
+.PHONY: help venv binaries runtime-env test test-operator test-runtime test-unit test-integration lint fleet-up \
+	fleet-down fleet-status clean
 
 help:
 	@echo "make test              set up the venv and the local fleet's binaries, run every test tier"
 	@echo "make test-unit         pure tests only (no cluster)"
-	@echo "make test-integration  tests on the local fleet (real control plane, KWOK, Prometheus)"
+	@echo "make test-integration  tests on the local fleet (real control plane, KWOK, executor, Prometheus, gateway)"
+	@echo "make test-runtime      the runtime's tests (ModelOpt, torch) in its own cached virtual environment"
 	@echo "make fleet-up          start the local fleet (python -m localfleet up)"
 	@echo "make fleet-down        stop it"
 
@@ -26,14 +28,24 @@ venv: $(VENV)/.installed
 binaries: venv
 	$(PY) -m localfleet build
 
+# The runtime's virtual environment (torch, ModelOpt: ~6 GB) and the small test model, cached outside the repo by a
+# hash of their pins; the operator's .venv never gets torch.
+runtime-env:
+	$(PYTHON) runtime_image/setup_env.py
+
 lint: venv
 	$(VENV)/bin/lint-imports
 
-test: venv binaries lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: test-operator test-runtime
+
+test-operator: venv binaries runtime-env lint
+	$(PY) -m pytest --ignore=tests/runtime $(PYTEST_ARGS)
+
+test-runtime: runtime-env
+	$$($(PYTHON) runtime_image/setup_env.py --python) -m pytest tests/runtime $(PYTEST_ARGS)
 
 test-unit: venv
-	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit tests/chart tests/argocd $(PYTEST_ARGS)
 
 test-integration: venv binaries
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)

@@ -258,7 +258,8 @@ class Executor:
             if state.exit is None and exit_file.exists():
                 state.exit = json.loads(exit_file.read_text())
                 state.exit["startedAt"] = state.started_at
-                state.exit["message"] = self._termination_message(run, container, state.exit["exitCode"])
+                state.exit["message"] = (self._termination_message(run, container, state.exit["exitCode"])
+                                         or state.exit.get("message", ""))
                 state.ready = False
             elif state.exit is None and not is_ours(state.shim_pid, run.uid):
                 state.exit = {"exitCode": 137, "reason": "ShimLost", "startedAt": state.started_at,
@@ -445,5 +446,5 @@ def cleanup(run_dir: Path) -> list[str]:
         removed.append(pod["netns"])
     if state.get("subnet") is not None:
         netns.remove_bridge(netns.Subnet(state["subnet"]))
-    state_file.unlink()
+    state_file.unlink(missing_ok=True)  # the executor may have removed it while stopping
     return removed

@@ -28,9 +28,13 @@ class ImageEnvironment:
 
 def image_table(raw: dict[str, Any] | None) -> dict[str, ImageEnvironment]:
     """The fleet file's `executor.images`: `${PYTHON_BIN}` stands for the bin directory of the interpreter that runs
-    the fleet (its virtual environment), `${FLEET_ROOT}` for the directory that holds the localfleet package."""
+    the fleet (its virtual environment), `${FLEET_ROOT}` for the directory that holds the localfleet package,
+    `${RUNTIME_PYTHON_BIN}` for the bin directory of qfleet's cached runtime environment, `${QFLEET_CACHE}` for
+    qfleet's cache (the runtime's models)."""
     places = {"${PYTHON_BIN}": str(Path(sys.executable).parent),
-              "${FLEET_ROOT}": str(Path(__file__).resolve().parents[2])}
+              "${FLEET_ROOT}": str(Path(__file__).resolve().parents[2]),
+              "${RUNTIME_PYTHON_BIN}": str(_runtime_setup().venv / "bin"),
+              "${QFLEET_CACHE}": str(_runtime_setup().cache)}
 
     def expand(value: str) -> str:
         for placeholder, actual in places.items():
@@ -43,6 +47,25 @@ def image_table(raw: dict[str, Any] | None) -> dict[str, ImageEnvironment]:
         table[image] = ImageEnvironment(tuple(expand(p) for p in entry.get("path") or []),
                                         {k: expand(str(v)) for k, v in (entry.get("env") or {}).items()})
     return table
+
+
+@dataclass(frozen=True)
+class RuntimeSetup:
+    cache: Path
+    venv: Path
+
+
+def _runtime_setup() -> RuntimeSetup:
+    """Where runtime_image/setup_env.py keeps the runtime's cache (models) and virtual environment. Nothing is built
+    here: `make runtime-env` (or `make test`) builds them; a pod of an image that needs them fails until then."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[2] / "runtime_image" / "setup_env.py"
+    spec = importlib.util.spec_from_file_location("qfleet_runtime_setup_env", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cache = module.cache_root()
+    return RuntimeSetup(cache, cache / "venvs" / f"runtime-{module.venv_key(module.pins())}")
 
 
 def resolve_image(image: str, table: dict[str, ImageEnvironment]) -> ImageEnvironment:

@@ -13,8 +13,9 @@ from kubernetes.client.rest import ApiException
 from qfleet.api.group import GROUP, PLURAL, VERSION
 from qfleet.api.jobs import parse_summary
 from qfleet.gpus import RESOURCE_GPU
-from qfleet.manifests.names import LABEL_MODEL
+from qfleet.manifests.names import LABEL_MODEL, LABEL_REVISION
 from qfleet.pipeline import JobState, JobView, NodeView
+from qfleet.pipeline.release import DeploymentView
 
 log = logging.getLogger(__name__)
 REQUEST_TIMEOUT = (5, 30)
@@ -55,10 +56,13 @@ def job_view(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> JobVi
     name = job["metadata"]["name"]
     if "Complete" in conditions or "SuccessCriteriaMet" in conditions:
         succeeded = [t for t in terminated if t.get("exitCode") == 0]
-        return JobView(name, JobState.SUCCEEDED, parse_summary((succeeded or [last])[-1].get("message")))
+        done = conditions.get("Complete") or conditions.get("SuccessCriteriaMet") or {}
+        return JobView(name, JobState.SUCCEEDED, parse_summary((succeeded or [last])[-1].get("message")),
+                       finished_at=(job.get("status") or {}).get("completionTime") or done.get("lastTransitionTime"))
     if "Failed" in conditions or "FailureTarget" in conditions:
         failed = conditions.get("Failed") or conditions.get("FailureTarget") or {}
-        return JobView(name, JobState.FAILED, parse_summary(last.get("message")), _failure(failed, last))
+        return JobView(name, JobState.FAILED, parse_summary(last.get("message")), _failure(failed, last),
+                       finished_at=failed.get("lastTransitionTime"))
     return JobView(name, JobState.RUNNING, waiting=_waiting(pods))
 
 
@@ -131,3 +135,106 @@ def replace_status(api: k8s.ApiClient, body: dict, status: dict) -> bool:
             return False
         raise
     return True
+
+
+class NotFound(LookupError):
+    """The QuantizedModel asked for does not exist (or its CRD is not installed)."""
+
+
+def read_model(name: str, namespace: str | None = None, kubeconfig: str | None = None,
+               context: str | None = None) -> dict:
+    """One QuantizedModel, read with the kubeconfig (for `kubectl qfleet`); no namespace means the context's."""
+    api = k8s_config.new_client_from_config(config_file=kubeconfig, context=context)
+    if namespace is None:
+        _, active = k8s_config.list_kube_config_contexts(config_file=kubeconfig)
+        if context is not None:
+            active = next(c for c in k8s_config.list_kube_config_contexts(config_file=kubeconfig)[0]
+                          if c["name"] == context)
+        namespace = (active or {}).get("context", {}).get("namespace") or "default"
+    try:
+        return k8s.CustomObjectsApi(api).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT)
+    except ApiException as error:
+        if error.status == 404:
+            raise NotFound(f"QuantizedModel {namespace}/{name} not found") from None
+        raise
+
+
+def deployment_view(deployment: Mapping[str, Any]) -> DeploymentView:
+    """A serving Deployment (as Kopf indexes deliver it): its revision, desired and ready replicas."""
+    metadata, spec, status = deployment["metadata"], deployment.get("spec") or {}, deployment.get("status") or {}
+    return DeploymentView(name=metadata["name"], revision=(metadata.get("labels") or {}).get(LABEL_REVISION, ""),
+                          replicas=int(spec.get("replicas", 1)), ready_replicas=int(status.get("readyReplicas") or 0))
+
+
+def create_deployment(api: k8s.ApiClient, manifest: dict) -> bool:
+    """Creates the Deployment; an existing one (409) counts as success. Returns True when this call created it."""
+    try:
+        k8s.AppsV1Api(api).create_namespaced_deployment(manifest["metadata"]["namespace"], manifest,
+                                                        _request_timeout=REQUEST_TIMEOUT)
+    except ApiException as error:
+        if error.status == 409:
+            return False
+        raise
+    log.info("Created Deployment %s/%s", manifest["metadata"]["namespace"], manifest["metadata"]["name"])
+    return True
+
+
+def scale_deployment(api: k8s.ApiClient, namespace: str, name: str, replicas: int) -> bool:
+    """Sets the replicas through the scale subresource; a Deployment that is gone (404) is reported as False."""
+    try:
+        k8s.AppsV1Api(api).patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}},
+                                                             _request_timeout=REQUEST_TIMEOUT)
+    except ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+    log.info("Scaled Deployment %s/%s to %d", namespace, name, replicas)
+    return True
+
+
+def ensure_service(api: k8s.ApiClient, manifest: dict, existing: Mapping[str, Any] | None) -> bool:
+    """Creates the Service, or sets its selector when it selects something else. Returns True when it wrote."""
+    core = k8s.CoreV1Api(api)
+    namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+    selector = manifest["spec"]["selector"]
+    if existing is not None:
+        if (existing.get("spec") or {}).get("selector") == selector:
+            return False
+        # A JSON merge patch would keep stale selector keys: replace the selector as a whole.
+        core.patch_namespaced_service(name, namespace, [{"op": "replace", "path": "/spec/selector",
+                                                         "value": selector}], _request_timeout=REQUEST_TIMEOUT)
+        return True
+    try:
+        core.create_namespaced_service(namespace, manifest, _request_timeout=REQUEST_TIMEOUT)
+    except ApiException as error:
+        if error.status == 409:
+            return False
+        raise
+    return True
+
+
+HTTPROUTE = ("gateway.networking.k8s.io", "v1", "httproutes")
+
+
+def read_route(api: k8s.ApiClient, namespace: str, name: str) -> dict | None:
+    try:
+        return k8s.CustomObjectsApi(api).get_namespaced_custom_object(
+            *HTTPROUTE[:2], namespace, HTTPROUTE[2], name, _request_timeout=REQUEST_TIMEOUT)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def set_route_rules(api: k8s.ApiClient, namespace: str, name: str, rules: list[dict]) -> None:
+    """Replaces spec.rules of the user's HTTPRoute (only the backendRefs' weights differ from what was read)."""
+    k8s.CustomObjectsApi(api).patch_namespaced_custom_object(
+        *HTTPROUTE[:2], namespace, HTTPROUTE[2], name, [{"op": "replace", "path": "/spec/rules", "value": rules}],
+        _request_timeout=REQUEST_TIMEOUT)
+
+
+def remove_annotation(api: k8s.ApiClient, namespace: str, name: str, key: str) -> None:
+    k8s.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"annotations": {key: None}}},
+        _request_timeout=REQUEST_TIMEOUT)

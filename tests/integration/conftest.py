@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -140,9 +142,13 @@ class OperatorProcess:
     def __init__(self, fleet: Fleet, log_path: Path):
         self.fleet, self.log_path = fleet, log_path
         self.process: subprocess.Popen | None = None
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.metrics_port = probe.getsockname()[1]
 
     def start(self) -> None:
-        env = dict(os.environ, KUBECONFIG=str(self.fleet.kubeconfig), QFLEET_RECONCILE_INTERVAL="1")
+        env = dict(os.environ, KUBECONFIG=str(self.fleet.kubeconfig), QFLEET_RECONCILE_INTERVAL="1",
+                   QFLEET_METRICS_PORT=str(self.metrics_port))
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces", "--verbose",
@@ -158,6 +164,18 @@ class OperatorProcess:
             self.process.kill()
             self.process.wait(timeout=10)
         self.process = None
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample from the operator's /metrics (0 when it has none yet)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return 0.0
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 from kubernetes import client as k8s
+from kubernetes.client.rest import ApiException
 
 from localfleet import kube
 from localfleet.processes import wait_until
@@ -84,7 +85,10 @@ def condition(document: dict, kind: str) -> dict:
 def wait_for_condition(objects, namespace: str, name: str, kind: str, status: str, operator_process,
                        reason: str | None = None, timeout: float = 60) -> dict:
     def reached() -> bool:
-        found = condition(read(objects, namespace, name), kind)
+        document = read(objects, namespace, name)
+        found = condition(document, kind)
+        if status == "True" and document.get("status", {}).get("phase") == "Failed":
+            raise AssertionError(f"{name} failed while waiting for {kind}=True: {document['status'].get('conditions')}")
         return found.get("status") == status and (reason is None or found.get("reason") == reason)
 
     try:
@@ -112,7 +116,7 @@ def test_nvfp4_on_blackwell_is_calibrated_built_and_evaluated(objects, batch, co
     assert status["engine"]["computeCapability"] == "10.0"
     assert status["evaluation"]["passed"] is True
     assert status["capacity"]["kvBytesPerToken"] == 92_160
-    assert status["revision"]["current"] and "stable" not in status["revision"]
+    assert status["revision"]["current"]
 
     jobs = jobs_of(batch, namespace, "llama")
     assert sorted(j.metadata.labels["qfleet.io/step"] for j in jobs) == ["build", "calibrate", "evaluate"]
@@ -126,6 +130,22 @@ def test_nvfp4_on_blackwell_is_calibrated_built_and_evaluated(objects, batch, co
     reasons = {e.reason for e in core.list_namespaced_event(
         namespace, field_selector="involvedObject.name=llama").items}
     assert {"CalibrationSucceeded", "EngineBuildSucceeded", "EvaluationPassed"} <= reasons
+    assert operator_process.metric("qfleet_operator_children_created_total", kind="Job") >= 3
+    assert operator_process.metric("qfleet_operator_transitions_total", reason="EvaluationPassed") >= 1
+    assert operator_process.metric("qfleet_operator_reconciles_total", outcome="updated") >= 3
+
+
+    serving = wait_for_condition(objects, namespace, "llama", "Ready", "True", operator_process,
+                                 reason="RevisionServing")
+    revision = serving["status"]["revision"]
+    assert revision["stable"] == revision["current"]
+    apps = k8s.AppsV1Api(batch.api_client)
+    deployment = apps.read_namespaced_deployment(f"llama-{revision['stable']}", namespace)
+    assert deployment.metadata.owner_references[0].kind == "QuantizedModel"
+    assert deployment.spec.template.spec.node_selector[LABEL_COMPUTE_MAJOR] == "10"
+    stable_service = core.read_namespaced_service("llama-stable", namespace)
+    assert stable_service.spec.selector == {"qfleet.io/model": "llama"}  # no router: every revision's pods
+    assert serving["status"]["phase"] == "Serving"
 
 
 def test_nvfp4_on_hopper_only_pool_is_refused_and_starts_no_job(objects, batch, namespace, operator_process):
@@ -154,10 +174,16 @@ def test_auto_on_hopper_picks_fp8_and_says_why(objects, namespace, operator_proc
 def test_failing_calibration_stops_the_revision_and_keeps_the_stable_one(objects, namespace, operator_process):
     create(objects, namespace, model(runtime={"env": [{"name": "QFLEET_FAULT_STEP", "value": "calibrate"}]}))
     # A stable revision from an earlier rollout: a failing new revision must leave it alone.
-    current = read(objects, namespace, "llama")
-    objects.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "llama", {
-        "metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
-        "status": {"revision": {"stable": "0123456789"}}})
+    for attempt in range(20):  # the operator writes status too: retry on a conflict, as a controller would
+        current = read(objects, namespace, "llama")
+        try:
+            objects.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "llama", {
+                "metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
+                "status": {"revision": {"stable": "0123456789"}}})
+            break
+        except ApiException as error:
+            if error.status != 409 or attempt == 19:
+                raise
     failed = wait_for_condition(objects, namespace, "llama", "Calibrated", "False", operator_process,
                                 reason="CalibrationFailed")
     message = condition(failed, "Calibrated")["message"]

@@ -201,6 +201,17 @@ def test_a_visit_with_nothing_new_changes_nothing() -> None:
     assert again.events == [] and again.create == []
 
 
+def test_a_finished_pipeline_visited_again_changes_nothing() -> None:
+    evaluated = job(Step.EVALUATE, JobState.SUCCEEDED, summary={"qualityDrop": "0.004"},
+                    finished_at="2026-11-23T11:00:00Z")
+    views = jobs(CALIBRATED, BUILT, evaluated)
+    first = decide(observed(jobs=views))
+    later = Observed(**{**observed(jobs=views, status=first.status).__dict__, "now": NOW.replace(hour=13)})
+    again = decide(later)
+    assert again.status == first.status and again.create == [] and again.events == []
+    assert first.status["evaluation"]["completedAt"] == "2026-11-23T11:00:00Z"
+
+
 def test_transitions_post_events_once() -> None:
     running = decide(observed(jobs=jobs(job(Step.CALIBRATE, JobState.RUNNING))))
     done = decide(observed(jobs=jobs(CALIBRATED), status=running.status))

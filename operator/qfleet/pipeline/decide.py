@@ -36,6 +36,7 @@ from qfleet.formats import format_compute_capability, kv_format, weight_format
 from qfleet.gpus import GPUS
 from qfleet.manifests.jobs import Owner, job_name, step_job
 from qfleet.pipeline.admission import Admission, NodeView, admit
+from qfleet.pipeline.release import DeploymentView, Measured, ReleaseChanges, ReleaseInput, Servable, release
 from qfleet.revision import revision_of
 
 
@@ -55,6 +56,8 @@ class JobView:
     failure: str = ""
     waiting: str = ""
     """Why a running Job's pod has not started (e.g. unschedulable), if it has not."""
+    finished_at: str | None = None
+    """When the Job completed or failed, as the Job's status says (RFC 3339)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,13 @@ class Observed:
     jobs: Mapping[str, JobView]
     nodes: Sequence[NodeView]
     now: datetime
+    deployments: Mapping[str, DeploymentView] = field(default_factory=dict)
+    route: Mapping[str, Any] | None = None
+    """The user's HTTPRoute (spec.rollout.trafficRouting.gatewayAPI.httpRoute), as read this visit."""
+    measured: Measured | None = None
+    """Prometheus's answers to the queries a first pass of this visit asked for (ReleaseChanges.measure)."""
+    action: str | None = None
+    """A person's rollout action (the qfleet.io/rollout-action annotation)."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,7 @@ class Decision:
     status: dict[str, Any]
     create: list[dict[str, Any]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    release: ReleaseChanges = field(default_factory=ReleaseChanges)
 
 
 STEP_CONDITION = {Step.CALIBRATE: ConditionType.CALIBRATED, Step.BUILD: ConditionType.ENGINE_BUILT,
@@ -91,7 +102,9 @@ SUCCEEDED = {Step.CALIBRATE: Reason.CALIBRATION_SUCCEEDED, Step.BUILD: Reason.EN
              Step.EVALUATE: Reason.EVALUATION_PASSED}
 FAILED = {Step.CALIBRATE: Reason.CALIBRATION_FAILED, Step.BUILD: Reason.ENGINE_BUILD_FAILED,
           Step.EVALUATE: Reason.EVALUATION_FAILED}
-WARNING_REASONS = {Reason.INVALID_SPEC, Reason.NO_COMPATIBLE_NODE_POOL, Reason.QUALITY_GATE_FAILED,
+WARNING_REASONS = {Reason.INVALID_SPEC, Reason.NO_COMPATIBLE_NODE_POOL, Reason.QUALITY_GATE_FAILED, Reason.ANALYSIS_FAILED,
+                   Reason.GATE_ABORTED, Reason.FAILURE_LIMIT_REACHED, Reason.INCONCLUSIVE_LIMIT_REACHED,
+                   Reason.ROLLOUT_ABORTED,
                    *FAILED.values()}
 
 
@@ -101,9 +114,17 @@ class _Conditions:
     def __init__(self, old: Sequence[Condition], now: datetime, generation: int):
         self.now, self.generation = now, generation
         self.items = with_unknown_conditions(old, now, generation)
+        self.before = {c.type: c for c in self.items}
 
     def set(self, type: str, status: ConditionStatus, reason: str, message: str) -> None:
-        self.items = set_condition(self.items, type, status, reason, message, self.now, self.generation)
+        """Later setters win (the release after the pipeline); the transition time is judged against the status the
+        visit started from, so a value set twice in one visit is no transition."""
+        items = set_condition(self.items, type, status, reason, message, self.now, self.generation)
+        before = self.before.get(type)
+        if before is not None and before.status == status:
+            items = [c.model_copy(update={"last_transition_time": before.last_transition_time}) if c.type == type
+                     else c for c in items]
+        self.items = items
 
 
 @dataclass
@@ -114,6 +135,7 @@ class _Visit:
     status: QuantizedModelStatus
     conditions: _Conditions
     create: list[dict[str, Any]] = field(default_factory=list)
+    servable: Servable | None = None
 
 
 def decide(observed: Observed) -> Decision:
@@ -131,7 +153,13 @@ def decide(observed: Observed) -> Decision:
     status.revision = (status.revision or RevisionStatus()).model_copy(update={"current": revision})
     visit = _Visit(observed, spec, revision, status, conditions)
     _pipeline(visit)
-    return _finish(old, status, conditions, visit.create)
+    changes = release(ReleaseInput(
+        name=observed.name, namespace=observed.namespace, uid=observed.uid, spec=spec, revision=revision,
+        servable=visit.servable, deployments=observed.deployments, route=observed.route, measured=observed.measured,
+        action=observed.action, now=observed.now), status, conditions.set)
+    decision = _finish(old, status, conditions, visit.create)
+    decision.release = changes
+    return decision
 
 
 def _pipeline(visit: _Visit) -> None:
@@ -199,12 +227,12 @@ def _run_steps(visit: _Visit, admission: Admission) -> _QualityFailed | None:
                    f"Revision {revision} stopped: {message}. The stable revision is untouched; edit the spec to retry")
             return None
         if step is Step.EVALUATE:
-            return _judge_quality(visit, job, fmt)
+            return _judge_quality(visit, job, fmt, admission.compute_capability)
         conditions.set(condition, ConditionStatus.TRUE, SUCCEEDED[step], _success_message(step, job, fmt))
     return None
 
 
-def _judge_quality(visit: _Visit, job: JobView, fmt: str) -> _QualityFailed | None:
+def _judge_quality(visit: _Visit, job: JobView, fmt: str, compute_capability: tuple[int, int]) -> _QualityFailed | None:
     conditions, revision = visit.conditions, visit.revision
     bound = visit.spec.rollout.analysis.gates.quality_drop.max
     drop = _decimal(job.summary.get("qualityDrop"))
@@ -221,6 +249,7 @@ def _judge_quality(visit: _Visit, job: JobView, fmt: str) -> _QualityFailed | No
         return _QualityFailed(message)
     conditions.set(ConditionType.EVALUATED, ConditionStatus.TRUE, Reason.EVALUATION_PASSED,
                    f"KV {fmt}: quality drop {drop} is within gates.qualityDrop.max {bound}")
+    visit.servable = Servable(fmt, compute_capability)
     _ready(conditions, ConditionStatus.FALSE, Reason.ROLLOUT_IN_PROGRESS,
            f"Revision {revision} (KV {fmt}) passed calibration, build and evaluation and is ready to roll out")
     return None
@@ -228,7 +257,7 @@ def _judge_quality(visit: _Visit, job: JobView, fmt: str) -> _QualityFailed | No
 
 def _record(visit: _Visit, step: Step, job: JobView, fmt: str, admission: Admission) -> None:
     """Copies what a finished Job reported into the status section of its step."""
-    s, spec, when = job.summary, visit.spec, visit.observed.now
+    s, spec, when = job.summary, visit.spec, job.finished_at
     status = visit.status
     if step is Step.CALIBRATE:
         status.calibration = CalibrationStatus.model_validate({

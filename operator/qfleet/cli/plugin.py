@@ -1,0 +1,74 @@
+"""`kubectl qfleet` (installed as `kubectl-qfleet`, which kubectl finds on PATH as a plugin).
+
+kubectl qfleet status NAME [-n NAMESPACE] [-o text|json|yaml]   the pipeline timeline of one QuantizedModel
+kubectl qfleet plan --model FILE --gpu GPU ...                  the same as `qfleet plan`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import yaml
+
+from qfleet import kube
+from qfleet.cli import main as qfleet_main
+from qfleet.cli.timeline import render_status
+
+Reader = Callable[[str, str | None], Mapping[str, Any]]
+"""(name, namespace or None for the kubeconfig's) -> the QuantizedModel document."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubectl qfleet", description="qfleet commands for kubectl.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    status = commands.add_parser("status", help="the pipeline timeline of a QuantizedModel",
+                                 description="Conditions in pipeline order, capacity, ladder, calibration, engine, "
+                                             "evaluation and history of one QuantizedModel.")
+    status.add_argument("name", metavar="NAME")
+    status.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
+    status.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text", help="output format")
+    status.add_argument("--kubeconfig", help="path of the kubeconfig (default: KUBECONFIG or ~/.kube/config)")
+    status.add_argument("--context", help="kubeconfig context")
+    commands.add_parser("plan", help="KV-cache capacity of one replica, for every KV format (as `qfleet plan`)",
+                        add_help=False)
+    return parser
+
+
+def format_status(document: Mapping[str, Any], output: str) -> str:
+    """The chosen output: the timeline, or the status as JSON or YAML (name and namespace included)."""
+    if output == "text":
+        return render_status(document)
+    meta = document.get("metadata", {})
+    view = {"name": meta.get("name"), "namespace": meta.get("namespace"), "generation": meta.get("generation"),
+            "status": document.get("status") or {}}
+    if output == "json":
+        return json.dumps(view, indent=2) + "\n"
+    return yaml.safe_dump(view, sort_keys=False)
+
+
+def main(argv: Sequence[str] | None = None, reader: Reader | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["plan"]:
+        return qfleet_main.main(args_list)
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    if args.command != "status":
+        parser.print_help(sys.stderr)
+        return 2
+    read = reader or (lambda name, namespace: kube.read_model(name, namespace, kubeconfig=args.kubeconfig,
+                                                              context=args.context))
+    try:
+        document = read(args.name, args.namespace)
+    except kube.NotFound as error:
+        print(f"kubectl qfleet status: error: {error}", file=sys.stderr)
+        return 1
+    sys.stdout.write(format_status(document, args.output))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""`kubectl qfleet status`: a QuantizedModel's status as a timeline a person can read (pure: a document in, text out)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from qfleet.api.conditions import ConditionType
+
+CONDITION_ORDER: tuple[str, ...] = (
+    ConditionType.CALIBRATED,
+    ConditionType.ENGINE_BUILT,
+    ConditionType.EVALUATED,
+    ConditionType.CANARY_HEALTHY,
+    ConditionType.ROLLED_BACK,
+    ConditionType.READY,
+)
+"""The pipeline's order: the three artifact steps, the canary, then the summary."""
+
+NONE = "-"
+
+
+def ordered_conditions(conditions: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Known types in pipeline order, then any other type in the order the status lists them."""
+    rank = {kind: index for index, kind in enumerate(CONDITION_ORDER)}
+    return sorted(conditions, key=lambda c: rank.get(c.get("type", ""), len(rank)))
+
+
+def _table(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [indent + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def _fields(pairs: Sequence[tuple[str, Any]]) -> str:
+    return ", ".join(f"{label} {value}" for label, value in pairs if value not in (None, "", []))
+
+
+def _number(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def render_status(document: Mapping[str, Any]) -> str:
+    """The whole timeline: header, conditions in pipeline order, then each result the status holds."""
+    meta, spec = document.get("metadata", {}), document.get("spec", {})
+    status = document.get("status") or {}
+    quantization = spec.get("quantization", {})
+    lines = [
+        f"QuantizedModel {meta.get('namespace', NONE)}/{meta.get('name', NONE)}",
+        f"  Phase       {status.get('phase', 'Pending')}"
+        f"   (generation {meta.get('generation', NONE)}, observed {status.get('observedGeneration', NONE)})",
+        f"  Model       {spec.get('model', {}).get('uri', NONE)}",
+        f"  Requested   weights {quantization.get('weights', NONE)}, KV cache {quantization.get('kvCache', NONE)}",
+    ]
+    revision = status.get("revision") or {}
+    if revision:
+        lines.append("  Revision    " + _fields([("current", revision.get("current")), ("stable", revision.get("stable")),
+                                                  ("canary", revision.get("canary"))]))
+    if meta.get("generation") is not None and status.get("observedGeneration") is not None \
+            and status["observedGeneration"] < meta["generation"]:
+        lines.append("  Note        the operator has not yet observed the latest spec")
+
+    conditions = ordered_conditions(status.get("conditions") or [])
+    lines += ["", "Conditions"]
+    if conditions:
+        rows = [("TYPE", "STATUS", "REASON", "SINCE", "MESSAGE")]
+        rows += [(c.get("type", NONE), c.get("status", NONE), c.get("reason", NONE),
+                  c.get("lastTransitionTime", NONE), c.get("message") or "") for c in conditions]
+        lines += _table(rows)
+    else:
+        lines.append("  none yet: the operator has not visited this QuantizedModel")
+
+    capacity = status.get("capacity")
+    if capacity:
+        lines += ["", "Capacity"]
+        lines.append("  " + _fields([
+            ("GPU", capacity.get("gpu")), ("compute capability", capacity.get("computeCapability")),
+            ("KV", capacity.get("kvCache")),
+            ("bytes/token", _number(capacity["kvBytesPerToken"]) if "kvBytesPerToken" in capacity else None),
+            ("tokens/replica",
+             _number(capacity["maxTokensPerReplica"]) if "maxTokensPerReplica" in capacity else None),
+            ("sequences/replica",
+             _number(capacity["sequencesPerReplica"]) if "sequencesPerReplica" in capacity else None)]))
+        if capacity.get("message"):
+            lines.append(f"  {capacity['message']}")
+
+    ladder = status.get("ladder")
+    if ladder:
+        lines += ["", "KV-cache ladder"]
+        lines += _table([("FORMAT", "OUTCOME", "MESSAGE")] +
+                        [(e.get("kvCache", NONE), e.get("outcome", NONE), e.get("message") or "") for e in ladder])
+
+    calibration = status.get("calibration")
+    if calibration:
+        report = calibration.get("report") or {}
+        fallback = report.get("fallbackLayers")
+        lines += ["", "Calibration"]
+        lines.append("  " + _fields([
+            ("job", calibration.get("job")), ("dataset", calibration.get("dataset")),
+            ("samples", calibration.get("samples")), ("device", calibration.get("device")),
+            ("ModelOpt", calibration.get("modelOptVersion")), ("completed", calibration.get("completedAt"))]))
+        if report:
+            lines.append("  " + _fields([
+                ("KV format", report.get("kvFormat")), ("worst layer", report.get("worstLayer")),
+                ("KL", report.get("worstLayerKL")),
+                ("fallback layers", ", ".join(str(i) for i in fallback) if fallback else None)]))
+
+    engine = status.get("engine")
+    if engine:
+        lines += ["", "Engine"]
+        lines.append("  " + _fields([
+            ("job", engine.get("job")), ("KV dtype", engine.get("kvCacheDtype")),
+            ("compute capability", engine.get("computeCapability")), ("built", engine.get("builtAt"))]))
+        if engine.get("artifact"):
+            lines.append(f"  artifact {engine['artifact']}")
+
+    evaluation = status.get("evaluation")
+    if evaluation:
+        passed = evaluation.get("passed")
+        lines += ["", "Evaluation"]
+        lines.append("  " + _fields([
+            ("job", evaluation.get("job")), ("score", evaluation.get("score")),
+            ("baseline", evaluation.get("baselineScore")), ("quality drop", evaluation.get("qualityDrop")),
+            ("result", None if passed is None else ("passed" if passed else "failed")),
+            ("completed", evaluation.get("completedAt"))]))
+
+    canary = status.get("canary")
+    if canary:
+        lines += ["", "Canary"]
+        lines.append("  " + _fields([
+            ("step", canary.get("step")), ("weight", f"{canary.get('weight')}%"),
+            ("since", canary.get("stepStartedAt")), ("failures", canary.get("consecutiveFailures")),
+            ("inconclusive", canary.get("consecutiveInconclusive"))]))
+
+    history = status.get("history")
+    lines += ["", "History"]
+    if history:
+        lines += _table([("AT", "REVISION", "KV", "OUTCOME", "WHY")] + [
+            (h.get("at", NONE), h.get("revision", NONE), h.get("kvCache") or NONE, h.get("outcome", NONE),
+             ": ".join(part for part in (h.get("reason"), h.get("message")) if part)) for h in history])
+    else:
+        lines.append("  no revision has left a canary yet")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,234 @@
+"""The Helm chart on the local fleet: rendered manifests accepted by a real apiserver, `helm install`, the operator
+running with nothing but its ServiceAccount's token (the least-privilege proof), and `helm uninstall` keeping the CRD.
+
+CRD ownership: the session fixture `crd` creates the CRD without Helm, so the installs that share it use
+`--set crds.install=false`. The CRD-installing path is tested twice without stealing it for good: every ci/ scenario,
+CRD included, goes through a server-side dry run, and the uninstall test adopts the session CRD with
+`--take-ownership` (Helm 3.17+), uninstalls, and checks that `helm.sh/resource-policy: keep` left it (and the
+QuantizedModels) in place.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import socket
+import subprocess
+import sys
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+from kubernetes.client.rest import ApiException
+
+from localfleet import binaries
+from localfleet.processes import wait_until
+from qfleet.api import GROUP, PLURAL, VERSION
+from tests.integration.test_pipeline import artifacts_claim, condition, model  # noqa: F401  (artifacts_claim: fixture)
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "qfleet"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+NO_NODE = ["--set", "nodeSelector.qfleet\\.io/test-no-such-node=none"]
+"""The chart's own operator pod must stay Pending: the operator under test runs as a subprocess."""
+
+
+def helm(fleet, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(binaries.path_of("helm")), f"--kubeconfig={fleet.kubeconfig}", *args],
+                            capture_output=True, text=True, timeout=120)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def kubectl(fleet, *args: str, stdin: str | None = None, kubeconfig: Path | None = None) \
+        -> subprocess.CompletedProcess:
+    return subprocess.run([str(binaries.path_of("kubectl")), f"--kubeconfig={kubeconfig or fleet.kubeconfig}", *args],
+                          input=stdin, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def objects(api) -> k8s.CustomObjectsApi:
+    return k8s.CustomObjectsApi(api)
+
+
+@pytest.fixture
+def release(fleet, namespace):
+    """A release name; whatever it installed is uninstalled afterwards (its ClusterRoles outlive the namespace)."""
+    name = f"qf-{uuid.uuid4().hex[:6]}"
+    yield name
+    helm(fleet, "uninstall", name, "-n", namespace, "--wait", "--timeout=60s", check=False)
+
+
+@pytest.fixture
+def session_operator_paused(operator_process):
+    """The session's operator (admin credentials, all namespaces) must not do the work the chart's operator is tested
+    on: it is stopped for the test and started again afterwards."""
+    operator_process.stop()
+    yield
+    operator_process.start()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
+def test_every_scenario_passes_a_server_side_dry_run(fleet, api, namespace, values):
+    rendered = subprocess.run([str(binaries.path_of("helm")), "template", "qf", str(CHART), "-n", namespace,
+                               "-f", str(values)], capture_output=True, text=True, timeout=60, check=True).stdout
+    documents = [d for d in yaml.safe_load_all(rendered) if d]
+    served = {group.name for group in k8s.ApisApi(api).get_api_versions().groups}
+    # The local fleet runs no prometheus-operator: a PodMonitor is checked only where its API is served.
+    skipped = [d for d in documents if d["apiVersion"].split("/")[0] not in served and "/" in d["apiVersion"]]
+    assert {d["kind"] for d in skipped} <= {"PodMonitor"}
+    kept = [d for d in documents if d not in skipped]
+    result = kubectl(fleet, "apply", "--server-side", "--dry-run=server", "--force-conflicts",
+                     "--field-manager=qfleet-chart-test", "-n", namespace, "-f", "-",
+                     stdin=yaml.safe_dump_all(kept))
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.strip().splitlines()) == len(kept)
+
+
+def service_account_kubeconfig(fleet, core: k8s.CoreV1Api, namespace: str, account: str, path: Path) -> Path:
+    """A kubeconfig that holds only a short-lived token of the chart's ServiceAccount (TokenRequest API)."""
+    token = core.create_namespaced_service_account_token(account, namespace, k8s.AuthenticationV1TokenRequest(
+        spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))).status.token
+    config = yaml.safe_load(fleet.kubeconfig.read_text())
+    config["users"] = [{"name": account, "user": {"token": token}}]
+    for context in config["contexts"]:
+        context["context"]["user"] = account
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def can_i(fleet, kubeconfig: Path, *args: str) -> bool:
+    result = kubectl(fleet, "auth", "can-i", *args, kubeconfig=kubeconfig)
+    assert result.stdout.strip() in ("yes", "no"), result.stdout + result.stderr
+    return result.stdout.strip() == "yes"
+
+
+@pytest.mark.parametrize("cluster_scoped", [True, False], ids=["cluster-scoped", "namespaced"])
+def test_operator_with_the_charts_service_account_runs_the_pipeline(
+        fleet, api, core, objects, namespace, release, session_operator_paused, tmp_path, cluster_scoped):
+    installed = helm(fleet, "install", release, str(CHART), "-n", namespace, "--set", "crds.install=false",
+                     "--set", f"clusterScoped={str(cluster_scoped).lower()}", *NO_NODE)
+    assert "kubectl qfleet status" in installed.stdout and "crds/" in installed.stdout  # NOTES: the next commands
+
+    rbac = k8s.RbacAuthorizationV1Api(api)
+    cluster_role = rbac.read_cluster_role(f"{release}-qfleet")
+    if cluster_scoped:
+        assert rbac.read_cluster_role_binding(f"{release}-qfleet").subjects[0].namespace == namespace
+    else:
+        assert rbac.read_namespaced_role(f"{release}-qfleet", namespace).rules
+        assert rbac.read_namespaced_role_binding(f"{release}-qfleet", namespace).subjects[0].name == f"{release}-qfleet"
+        assert {r for rule in cluster_role.rules for r in rule.resources} == {"customresourcedefinitions", "nodes"}
+
+    manifest = list(yaml.safe_load_all(helm(fleet, "get", "manifest", release, "-n", namespace).stdout))
+    deployment = next(d for d in manifest if d and d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    port = free_port()
+    args = [a.replace(":8080/", f":{port}/").replace("0.0.0.0", "127.0.0.1") for a in container["args"]]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert container["command"][0] == "kopf"
+    kubeconfig = service_account_kubeconfig(fleet, core, namespace, f"{release}-qfleet", tmp_path / "sa-kubeconfig")
+    log_path = tmp_path / "kopf.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", *container["command"], *args, "--verbose"],
+                                   stdout=log, stderr=subprocess.STDOUT,
+                                   env={**_environ(), **env, "KUBECONFIG": str(kubeconfig),
+                                        "QFLEET_RECONCILE_INTERVAL": "1"})
+    try:
+        wait_until("the operator's liveness endpoint", lambda: urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/healthz", timeout=2).status == 200, 30, process=process, log=log_path)
+        objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, model())
+        try:
+            wait_until("llama: Evaluated=True", lambda: condition(objects.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, "llama"), "Evaluated").get("status") == "True", 90,
+                interval=0.5, process=process, log=log_path)
+        except Exception:
+            print(log_path.read_text(errors="replace")[-6000:])
+            raise
+        done = objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "llama")
+        assert condition(done, "EngineBuilt")["reason"] == "EngineBuildSucceeded"
+        reasons = {e.reason for e in core.list_namespaced_event(
+            namespace, field_selector="involvedObject.name=llama").items}
+        assert "EvaluationPassed" in reasons  # Events posted with the ServiceAccount's rights
+        assert "qfleet.io/finalizer" in done["metadata"]["finalizers"]
+        assert_plugin_shows_the_timeline(fleet, namespace)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    # Nothing was refused, except (namespaced install) Kopf's attempt to list namespaces, which it answers by
+    # falling back to the one namespace it was given.
+    refused = [line for line in log_path.read_text(errors="replace").splitlines()
+               if "Forbidden" in line or "forbidden" in line or '" 403 ' in line]
+    if not cluster_scoped:
+        refused = [line for line in refused if "/api/v1/namespaces?" not in line and '"namespaces"' not in line]
+    assert not refused, "\n".join(refused[:10])
+
+    # What the ServiceAccount cannot do.
+    assert not can_i(fleet, kubeconfig, "get", "secrets", "-n", namespace)
+    assert not can_i(fleet, kubeconfig, "list", "secrets", "--all-namespaces")
+    assert not can_i(fleet, kubeconfig, "delete", "nodes")
+    assert not can_i(fleet, kubeconfig, "delete", "jobs", "-n", namespace)
+    assert not can_i(fleet, kubeconfig, "delete", "quantizedmodels.qfleet.io", "-n", namespace)
+    assert not can_i(fleet, kubeconfig, "create", "pods", "-n", namespace)
+    assert can_i(fleet, kubeconfig, "create", "jobs", "-n", namespace)
+    assert can_i(fleet, kubeconfig, "create", "jobs", "-n", "default") is cluster_scoped
+
+
+def assert_plugin_shows_the_timeline(fleet, namespace: str) -> None:
+    """`kubectl qfleet status` (a person's credentials: the admin kubeconfig) reads the model through the API."""
+    from qfleet.cli.plugin import main as plugin
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert plugin(["status", "llama", "-n", namespace, "--kubeconfig", str(fleet.kubeconfig)]) == 0
+    text = out.getvalue()
+    assert f"QuantizedModel {namespace}/llama" in text
+    assert [line.split()[0] for line in text.splitlines() if line.startswith("  ") and
+            line.split()[0] in ("Calibrated", "EngineBuilt", "Evaluated", "Ready")] == [
+        "Calibrated", "EngineBuilt", "Evaluated", "Ready"]
+    assert "EvaluationPassed" in text
+    bin_dir = Path(sys.executable).parent
+    if (bin_dir / "kubectl-qfleet").exists():  # installed by `pip install -e .`: kubectl finds it on PATH
+        result = subprocess.run([str(binaries.path_of("kubectl")), "qfleet", "status", "llama", "-n", namespace],
+                                capture_output=True, text=True, timeout=60,
+                                env={**_environ(), "KUBECONFIG": str(fleet.kubeconfig),
+                                     "PATH": f"{bin_dir}:{_environ().get('PATH', '')}"})
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[0] == text.splitlines()[0] and "EvaluationPassed" in result.stdout
+
+
+def _environ() -> dict[str, str]:
+    import os
+    return {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+
+
+def test_helm_uninstall_keeps_the_crd_and_the_models(fleet, api, crd, objects, namespace, release):
+    installed = helm(fleet, "install", release, str(CHART), "-n", namespace, "--take-ownership", *NO_NODE)
+    assert "STATUS: deployed" in installed.stdout
+    extensions = k8s.ApiextensionsV1Api(api)
+    name = crd["metadata"]["name"]
+    owned = extensions.read_custom_resource_definition(name)
+    assert owned.metadata.annotations["meta.helm.sh/release-name"] == release
+    assert owned.metadata.annotations["helm.sh/resource-policy"] == "keep"
+    objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, model())
+
+    helm(fleet, "uninstall", release, "-n", namespace, "--wait", "--timeout=60s")
+
+    assert extensions.read_custom_resource_definition(name).metadata.uid == owned.metadata.uid
+    assert objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "llama")["metadata"]["name"]
+    rbac = k8s.RbacAuthorizationV1Api(api)
+    with pytest.raises(ApiException) as gone:
+        rbac.read_cluster_role(f"{release}-qfleet")
+    assert gone.value.status == 404

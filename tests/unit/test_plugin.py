@@ -1,0 +1,158 @@
+"""`kubectl qfleet`: the timeline rendering (pure) on status documents, and the command with a fake reader."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from qfleet import kube
+from qfleet.cli.plugin import format_status, main
+from qfleet.cli.timeline import ordered_conditions, render_status
+
+from .support import REPO
+
+
+def cond(type_: str, status: str, reason: str, message: str, time: str = "2026-11-23T10:00:00Z") -> dict:
+    return {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": time}
+
+
+EVALUATED = {
+    "apiVersion": "qfleet.io/v1alpha1", "kind": "QuantizedModel",
+    "metadata": {"name": "llama", "namespace": "ml", "generation": 2},
+    "spec": {"model": {"uri": "hf://meta-llama/Llama-3.3-70B-Instruct"},
+             "quantization": {"weights": "bf16", "kvCache": "auto"}},
+    "status": {
+        "observedGeneration": 2, "phase": "Canary",
+        "revision": {"current": "3f2a9c01", "stable": "0123456789"},
+        "capacity": {"gpu": "H100-80GB", "computeCapability": "9.0", "kvCache": "fp8", "kvBytesPerToken": 163840,
+                     "maxTokensPerReplica": 1234567, "sequencesPerReplica": 18},
+        "ladder": [{"kvCache": "nvfp4", "outcome": "Unsupported", "message": "needs compute capability 10.0"},
+                   {"kvCache": "fp8", "outcome": "Selected"}],
+        "calibration": {"job": "llama-3f2a9c01-fp8-calibrate", "dataset": "cnn_dailymail", "samples": 512,
+                        "report": {"kvFormat": "fp8", "worstLayer": 41, "worstLayerKL": "0.0031",
+                                   "fallbackLayers": [0, 79]},
+                        "completedAt": "2026-11-23T10:05:00Z"},
+        "engine": {"job": "llama-3f2a9c01-fp8-build", "artifact": "pvc://qfleet-artifacts/llama/3f2a9c01/fp8",
+                   "kvCacheDtype": "fp8", "computeCapability": "9.0", "builtAt": "2026-11-23T10:20:00Z"},
+        "evaluation": {"job": "llama-3f2a9c01-fp8-evaluate", "score": "0.7712", "baselineScore": "0.7741",
+                       "qualityDrop": "0.0029", "passed": True, "completedAt": "2026-11-23T10:30:00Z"},
+        "history": [{"revision": "0123456789", "kvCache": "bf16", "outcome": "Promoted", "at": "2026-11-01T09:00:00Z",
+                     "reason": "AnalysisPassed", "message": "all gates passed"}],
+        "conditions": [
+            cond("Ready", "False", "RolloutInProgress", "ready for the canary", "2026-11-23T10:30:00Z"),
+            cond("Evaluated", "True", "EvaluationPassed", "quality drop 0.29% <= 1%", "2026-11-23T10:30:00Z"),
+            cond("Calibrated", "True", "CalibrationSucceeded", "worst layer 41", "2026-11-23T10:05:00Z"),
+            cond("EngineBuilt", "True", "EngineBuildSucceeded", "fp8 engine for 9.0", "2026-11-23T10:20:00Z"),
+        ],
+    },
+}
+
+EVALUATED_TEXT = """\
+QuantizedModel ml/llama
+  Phase       Canary   (generation 2, observed 2)
+  Model       hf://meta-llama/Llama-3.3-70B-Instruct
+  Requested   weights bf16, KV cache auto
+  Revision    current 3f2a9c01, stable 0123456789
+
+Conditions
+  TYPE         STATUS  REASON                SINCE                 MESSAGE
+  Calibrated   True    CalibrationSucceeded  2026-11-23T10:05:00Z  worst layer 41
+  EngineBuilt  True    EngineBuildSucceeded  2026-11-23T10:20:00Z  fp8 engine for 9.0
+  Evaluated    True    EvaluationPassed      2026-11-23T10:30:00Z  quality drop 0.29% <= 1%
+  Ready        False   RolloutInProgress     2026-11-23T10:30:00Z  ready for the canary
+
+Capacity
+  GPU H100-80GB, compute capability 9.0, KV fp8, bytes/token 163,840, tokens/replica 1,234,567, sequences/replica 18
+
+KV-cache ladder
+  FORMAT  OUTCOME      MESSAGE
+  nvfp4   Unsupported  needs compute capability 10.0
+  fp8     Selected
+
+Calibration
+  job llama-3f2a9c01-fp8-calibrate, dataset cnn_dailymail, samples 512, completed 2026-11-23T10:05:00Z
+  KV format fp8, worst layer 41, KL 0.0031, fallback layers 0, 79
+
+Engine
+  job llama-3f2a9c01-fp8-build, KV dtype fp8, compute capability 9.0, built 2026-11-23T10:20:00Z
+  artifact pvc://qfleet-artifacts/llama/3f2a9c01/fp8
+
+Evaluation
+  job llama-3f2a9c01-fp8-evaluate, score 0.7712, baseline 0.7741, quality drop 0.0029, result passed, \
+completed 2026-11-23T10:30:00Z
+
+History
+  AT                    REVISION    KV    OUTCOME   WHY
+  2026-11-01T09:00:00Z  0123456789  bf16  Promoted  AnalysisPassed: all gates passed
+"""
+
+
+def test_timeline_of_an_evaluated_model():
+    assert render_status(EVALUATED) == EVALUATED_TEXT
+
+
+def test_conditions_follow_the_pipeline_and_unknown_types_come_last():
+    conditions = [cond(t, "Unknown", "Reconciling", "") for t in
+                  ("Ready", "Custom", "RolledBack", "CanaryHealthy", "Evaluated", "EngineBuilt", "Calibrated")]
+    assert [c["type"] for c in ordered_conditions(conditions)] == [
+        "Calibrated", "EngineBuilt", "Evaluated", "CanaryHealthy", "RolledBack", "Ready", "Custom"]
+
+
+def test_a_model_the_operator_has_not_visited():
+    document = yaml.safe_load((REPO / "examples" / "llama-70b-nvfp4.yaml").read_text())
+    document["metadata"]["namespace"] = "ml"
+    text = render_status(document)
+    assert "Phase       Pending" in text
+    assert "none yet: the operator has not visited this QuantizedModel" in text
+    assert "no revision has left a canary yet" in text
+    assert "Capacity" not in text and "Engine" not in text
+
+
+def test_a_failed_step_shows_its_reason_and_message():
+    document = {"metadata": {"name": "llama", "namespace": "ml", "generation": 3},
+                "spec": {}, "status": {"observedGeneration": 2, "phase": "Failed", "conditions": [
+                    cond("Calibrated", "False", "CalibrationFailed", "exit code 3; QFLEET_FAULT_STEP=calibrate")]}}
+    text = render_status(document)
+    assert "Calibrated  False   CalibrationFailed  2026-11-23T10:00:00Z  exit code 3; QFLEET_FAULT_STEP=calibrate" \
+        in text
+    assert "the operator has not yet observed the latest spec" in text
+
+
+@pytest.mark.parametrize("output, load", [("json", json.loads), ("yaml", yaml.safe_load)])
+def test_machine_outputs_carry_the_whole_status(output, load):
+    view = load(format_status(EVALUATED, output))
+    assert view == {"name": "llama", "namespace": "ml", "generation": 2, "status": EVALUATED["status"]}
+
+
+def test_status_command_reads_through_the_reader(capsys):
+    asked = []
+
+    def reader(name, namespace):
+        asked.append((name, namespace))
+        return EVALUATED
+
+    assert main(["status", "llama", "-n", "ml"], reader=reader) == 0
+    assert asked == [("llama", "ml")]
+    assert capsys.readouterr().out == EVALUATED_TEXT
+    assert main(["status", "llama", "-o", "json"], reader=reader) == 0
+    assert asked[-1] == ("llama", None)
+    assert json.loads(capsys.readouterr().out)["status"]["phase"] == "Canary"
+
+
+def test_status_of_a_missing_model_is_an_error(capsys):
+    def reader(name, namespace):
+        raise kube.NotFound(f"QuantizedModel {namespace}/{name} not found")
+
+    assert main(["status", "nope", "-n", "ml"], reader=reader) == 1
+    assert "QuantizedModel ml/nope not found" in capsys.readouterr().err
+
+
+def test_plan_is_qfleet_plan(capsys):
+    example = str(REPO / "examples" / "llama-70b-nvfp4.yaml")
+    assert main(["plan", "--model", example, "--gpu", "B200", "-o", "json"]) == 0
+    via_plugin = capsys.readouterr().out
+    from qfleet.cli.main import main as qfleet
+    assert qfleet(["plan", "--model", example, "--gpu", "B200", "-o", "json"]) == 0
+    assert capsys.readouterr().out == via_plugin
