@@ -19,6 +19,7 @@ from qfleet.pipeline.release import DeploymentView
 
 log = logging.getLogger(__name__)
 REQUEST_TIMEOUT = (5, 30)
+JSON_PATCH, MERGE_PATCH = "application/json-patch+json", "application/merge-patch+json"
 """(connect, read) seconds for every call: a stuck API server must not stall a handler forever."""
 
 
@@ -184,7 +185,8 @@ def scale_deployment(api: k8s.ApiClient, namespace: str, name: str, replicas: in
     """Sets the replicas through the scale subresource; a Deployment that is gone (404) is reported as False."""
     try:
         k8s.AppsV1Api(api).patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}},
-                                                             _request_timeout=REQUEST_TIMEOUT)
+                                                             _request_timeout=REQUEST_TIMEOUT,
+                                                             _content_type=MERGE_PATCH)
     except ApiException as error:
         if error.status == 404:
             return False
@@ -203,7 +205,8 @@ def ensure_service(api: k8s.ApiClient, manifest: dict, existing: Mapping[str, An
             return False
         # A JSON merge patch would keep stale selector keys: replace the selector as a whole.
         core.patch_namespaced_service(name, namespace, [{"op": "replace", "path": "/spec/selector",
-                                                         "value": selector}], _request_timeout=REQUEST_TIMEOUT)
+                                                         "value": selector}], _request_timeout=REQUEST_TIMEOUT,
+                                      _content_type=JSON_PATCH)
         return True
     try:
         core.create_namespaced_service(namespace, manifest, _request_timeout=REQUEST_TIMEOUT)
@@ -231,10 +234,10 @@ def set_route_rules(api: k8s.ApiClient, namespace: str, name: str, rules: list[d
     """Replaces spec.rules of the user's HTTPRoute (only the backendRefs' weights differ from what was read)."""
     k8s.CustomObjectsApi(api).patch_namespaced_custom_object(
         *HTTPROUTE[:2], namespace, HTTPROUTE[2], name, [{"op": "replace", "path": "/spec/rules", "value": rules}],
-        _request_timeout=REQUEST_TIMEOUT)
+        _request_timeout=REQUEST_TIMEOUT, _content_type=JSON_PATCH)
 
 
 def remove_annotation(api: k8s.ApiClient, namespace: str, name: str, key: str) -> None:
     k8s.CustomObjectsApi(api).patch_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"annotations": {key: None}}},
-        _request_timeout=REQUEST_TIMEOUT)
+        _request_timeout=REQUEST_TIMEOUT, _content_type=MERGE_PATCH)

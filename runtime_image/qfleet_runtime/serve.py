@@ -1,0 +1,163 @@
+"""`qfleet-runtime serve`: Triton serving the revision built under `<artifacts>/engine/`, as one child process.
+
+CPU path (verified here): the `tritonserver` binary of the PyPI wheel `nvidia-pytriton` (Triton 2.51) with the qfleet
+Python-backend model repository that `build` wrote. Triton needs, and this command assembles in a private working
+directory (under $TMPDIR; the artifact volume is mounted read-only in a pod):
+
+- a backend directory `backends/python/` holding the wheel's `libtriton_python.so`, `triton_python_backend_utils.py`
+  and the stub for this interpreter's Python version;
+- a copy of the model repository with EXECUTION_ENV_PATH set to this interpreter's environment (so the stub imports
+  torch from it) and QFLEET_PYTHONPATH to where qfleet_runtime is (the stub ignores PYTHONPATH), plus the serving
+  flags below;
+- LD_LIBRARY_PATH: this interpreter's own lib directory first (the stub links libpython3.X.so; a different patch
+  release of the system's fails with "'_thread.RLock' object has no attribute '_recursion_count'"), then the wheel's
+  `nvidia_pytriton.libs`.
+
+Triton listens on --address (default 0.0.0.0, the pod's address) with --http-port, --grpc-port and
+--metrics-port; /v2/health/ready turns true once the model is loaded. SIGTERM and SIGINT are passed on to Triton,
+which stops within --exit-timeout-secs; the working directory is removed and Triton's exit code returned.
+
+GPU path (target tensorrt-llm in the manifest; **not verified here**): `tritonserver` from PATH (the
+`nvcr.io/nvidia/tritonserver:<yy.mm>-trtllm-python-py3` image) with `<engine>/trtllm/model_repository`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from . import triton_repo
+from .build import ENGINE_DIR, MANIFEST, TARGET_GPU, source_paths
+from .common import StepError
+
+EXIT_TIMEOUT_SECS = 20
+PR_SET_PDEATHSIG = 1
+
+
+def wheel_root() -> Path:
+    """The installed `pytriton` package's `tritonserver` directory (binary, backends, stubs)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise StepError("the PyPI package nvidia-pytriton is not installed (it carries tritonserver)")
+    root = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+    if not (root / "bin" / "tritonserver").is_file():
+        raise StepError(f"no tritonserver binary under {root}")
+    return root
+
+
+def library_path(root: Path) -> str:
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    libs = root.parent.parent / "nvidia_pytriton.libs"
+    parts = [p for p in (libdir, str(libs), os.environ.get("LD_LIBRARY_PATH", "")) if p]
+    return os.pathsep.join(parts)
+
+
+def backend_directory(root: Path, workdir: Path) -> Path:
+    """<workdir>/backends/python/ with the wheel's Python backend and the stub for this Python version."""
+    python = workdir / "backends" / "python"
+    python.mkdir(parents=True)
+    source = root / "backends" / "python"
+    for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+        shutil.copy2(source / name, python / name)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise StepError(f"nvidia-pytriton has no Python backend stub for Python {version}")
+    shutil.copy2(stub, python / "triton_python_backend_stub")
+    return workdir / "backends"
+
+
+def serving_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """config.pbtxt parameters this machine decides: the environment, the code location, the serving flags."""
+    values = {"EXECUTION_ENV_PATH": sys.prefix, "QFLEET_PYTHONPATH": source_paths()}
+    for flag, key in (("prefix_cache_bytes", "prefix_cache_bytes"), ("quality_sample_share", "quality_sample_share"),
+                      ("outlier_factor", "outlier_factor"), ("block_tokens", "block_tokens"), ("threads", "threads")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            values[key] = str(value)
+    return values
+
+
+def model_repository(engine: Path, workdir: Path, overrides: dict[str, str]) -> Path:
+    source = engine / triton_repo.CPU_DIR / triton_repo.MODEL_NAME
+    if not (source / "config.pbtxt").is_file():
+        raise StepError(f"no model repository at {source}: the build step must run first")
+    target = workdir / "models" / triton_repo.MODEL_NAME
+    shutil.copytree(source, target)
+    config = target / "config.pbtxt"
+    config.write_text(triton_repo.set_parameters(config.read_text(), overrides))
+    return workdir / "models"
+
+
+def command(binary: Path | str, repository: Path, backends: Path | None, args: argparse.Namespace) -> list[str]:
+    cmd = [str(binary), f"--model-repository={repository}",
+           f"--http-address={args.address}", f"--http-port={args.http_port}",
+           f"--grpc-address={args.address}", f"--grpc-port={args.grpc_port}",
+           "--allow-metrics=true", f"--metrics-address={args.address}", f"--metrics-port={args.metrics_port}",
+           "--strict-readiness=true", f"--exit-timeout-secs={args.exit_timeout_secs}",
+           f"--log-verbose={args.log_verbose}"]
+    if backends is not None:
+        cmd += [f"--backend-directory={backends}", "--allow-gpu-metrics=false"]
+    return cmd
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: Triton gets SIGTERM if this process dies (even by SIGKILL)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def run(args: argparse.Namespace) -> int:
+    engine = Path(args.artifacts) / ENGINE_DIR
+    manifest_path = engine / MANIFEST
+    if not manifest_path.is_file():
+        raise StepError(f"no build manifest at {manifest_path}: the build step must run first")
+    manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+    if manifest.get("kvFormat") != args.kv_format:
+        raise StepError(f"{engine} was built for KV {manifest.get('kvFormat')}, not {args.kv_format}")
+    workdir = Path(tempfile.mkdtemp(prefix=f"qfleet-serve-{args.revision}-"))
+    try:
+        env = dict(os.environ)
+        if manifest.get("target") == TARGET_GPU and not args.cpu:
+            binary = shutil.which("tritonserver") or "/opt/tritonserver/bin/tritonserver"
+            cmd = command(binary, engine / triton_repo.GPU_DIR / "model_repository", None, args)
+        else:
+            root = wheel_root()
+            backends = backend_directory(root, workdir)
+            repository = model_repository(engine, workdir, serving_overrides(args))
+            env["LD_LIBRARY_PATH"] = library_path(root)
+            cmd = command(root / "bin" / "tritonserver", repository, backends, args)
+        print(f"qfleet-runtime serve: {' '.join(cmd)}", file=sys.stderr, flush=True)
+        child = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509 - only prctl
+
+        def forward(signum: int, _frame: Any) -> None:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            code = child.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        print(f"qfleet-runtime serve: tritonserver exited with {code}", file=sys.stderr, flush=True)
+        return code if code >= 0 else 128 - code
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
