@@ -73,6 +73,12 @@ def decide(rollout: Rollout, state: RolloutState, now: datetime, analysis: Inter
     if manual is Manual.PROMOTE:
         return RolloutDecision(Action.PROMOTE, state, FULL_TRAFFIC, Reason.PROMOTED, "promoted by a person")
     if rollout.paused:
+        # A pause stops the steps, not the analysis: a canary bad enough to abort is still rolled back.
+        if analysis is not None and analysis.verdict is Verdict.ABORT:
+            return _give_up(rollout, replace(state, last_analysis_at=now), step, Reason.GATE_ABORTED,
+                            analysis.message)
+        if analysis is not None:
+            state = replace(state, last_analysis_at=now)
         return RolloutDecision(Action.HOLD, state, step.weight, Reason.ROLLOUT_PAUSED,
                                f"paused at step {state.step + 1} ({step.weight}%) by spec.rollout.paused")
     if analysis is None:

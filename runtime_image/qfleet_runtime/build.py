@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if value < 1:
             raise StepError(f"{name} must be at least 1, got {value}")
     report = artifacts / REPORT
-    model_path = _model_to_serve(checkpoint, report, fmt.name)
+    model_path = _model_to_serve(checkpoint, report, fmt.name, args.model_uri, args.model_revision)
     per_token = _kv_bytes_per_token(model_path, fmt)
     engine = artifacts / ENGINE_DIR
     engine.mkdir(parents=True, exist_ok=True)
@@ -140,16 +140,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "inputFiles": len(inputs), "inputBytes": manifest["inputBytes"], "durationSeconds": timer.seconds}
 
 
-def _model_to_serve(checkpoint: Path, report: Path, name: str) -> Path:
-    """The calibrated checkpoint when there is one (fp8, int8, nvfp4), else the model the calibration ran on."""
+def _model_to_serve(checkpoint: Path, report: Path, name: str, model_uri: str | None = None,
+                    model_revision: str | None = None) -> Path:
+    """The calibrated checkpoint when there is one (fp8, int8, nvfp4); else the model the calibration ran on; else,
+    for a format that needs no calibration (bf16, which the operator does not calibrate), the model named in args."""
     if (checkpoint / "config.json").is_file():
         return checkpoint
     if report.is_file():
         model = json.loads(report.read_text()).get("model") or {}
         if model.get("uri"):
             return resolve_model(model["uri"], model.get("revision") or "main")
+    if model_uri:
+        return resolve_model(model_uri, model_revision or "main")
     raise StepError(f"no model to serve: neither a checkpoint with config.json at {checkpoint} nor a calibration "
-                    f"report naming the model at {report} (the calibration step must run first, {name} included)")
+                    f"report naming the model at {report}, and no --model-uri (the calibration step must run first "
+                    f"for {name})")
 
 
 def _kv_bytes_per_token(model_path: Path, fmt) -> float | None:  # type: ignore[no-untyped-def]

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--tensor-parallel", required=True, type=int)
     build.add_argument("--kv-cache-free-gpu-memory-fraction", required=True, type=float)
     build.add_argument("--compute-capability", required=True)
+    build.add_argument("--model-uri", help="the model to serve when the format needs no calibration (bf16)")
+    build.add_argument("--model-revision", default="main")
 
     evaluate = step_parser(Step.EVALUATE, "quality of the quantized KV cache against the baseline")
     evaluate.add_argument("--model-uri", required=True)

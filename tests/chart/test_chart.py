@@ -150,6 +150,10 @@ EXPECTED_RULES = {
     ("qfleet.io", "quantizedmodels/finalizers"): ["update"],
     ("batch", "jobs"): ["list", "watch", "create"],
     ("", "pods"): ["list", "watch"],
+    ("apps", "deployments"): ["list", "watch", "create"],
+    ("apps", "deployments/scale"): ["patch"],
+    ("", "services"): ["list", "watch", "create", "patch"],
+    ("gateway.networking.k8s.io", "httproutes"): ["get", "patch"],
 }
 
 

@@ -204,6 +204,20 @@ def test_build_needs_to_know_the_model_to_serve(tmp_path: Path) -> None:
     assert "no model to serve" in _summary(summary)["error"]
 
 
+def test_a_bf16_build_needs_no_calibration_and_serves_the_model_the_operator_names(tmp_path: Path) -> None:
+    """The operator does not calibrate bf16 (CalibrationNotRequired), so the build gets the model in its args."""
+    import json
+
+    from qfleet_runtime.common import resolve_model
+
+    summary = tmp_path / "summary.json"
+    args = [*build_args("bf16", tmp_path / "a", summary, "9.0"), "--model-uri", SMOLLM]
+    assert cli.main(args) == 0, _summary(summary)
+    manifest = json.loads((tmp_path / "a" / "engine" / "manifest.json").read_text())
+    assert manifest["model"] == str(resolve_model(SMOLLM, "main"))
+    assert manifest["kvBytesPerToken"] == 2 * 30 * 3 * 64 * 2  # the planner's bf16 figure for SmolLM2-135M
+
+
 def test_a_format_without_a_kv_path_is_refused(tmp_path: Path) -> None:
     summary = tmp_path / "summary.json"
     assert cli.main(calibrate_args("mxfp4", tmp_path / "a", summary)) == 1

@@ -293,17 +293,17 @@ def test_a_person_can_promote_or_abort_and_the_annotation_is_consumed(action: st
     assert decision.release.rollback_cause == ("manual" if action == "abort" else None)
 
 
-def test_pause_holds_the_weight_and_runs_no_analysis() -> None:
+def test_pause_holds_the_weight_but_keeps_analysing_and_an_abort_still_rolls_back() -> None:
     world = start_canary(serving_stable())
     world.at(1).visit()
     world.spec = with_rollout(NVFP4, paused=True)
     for second in range(20, 200, 20):
         world.at(second).visit()
-    assert world.asked == [] and world.status["canary"]["weight"] == "1"
+    assert len(world.asked) >= 5 and world.status["canary"]["weight"] == "1"
     assert world.condition("Ready") == ("False", "RolloutPaused") and world.status["phase"] == "Paused"
-    world.spec = NVFP4
-    world.at(201).visit()
-    assert len(world.asked) == 1
+    world.measurements = [{**PASSING, "p99LatencyRatio": Decimal("9")}]
+    world.at(220).visit()
+    assert world.condition("RolledBack") == ("True", "GateAborted")
 
 
 def test_replica_ratio_mode_states_the_real_share_and_selects_every_revision() -> None:
@@ -340,3 +340,17 @@ def test_a_restarted_operator_decides_exactly_as_before(seconds: int) -> None:
     if again.release.measure is None:
         assert again.status == world.status and again.events == []
         assert again.release.deployments == [] and again.release.scale == {} and again.release.route_rules is None
+
+
+@pytest.mark.parametrize("route, says", [
+    (None, "does not exist"),
+    ({**ROUTE, "spec": {"rules": [{"backendRefs": [{"name": "other", "port": 8000}]}]}}, "no backendRef"),
+])
+def test_a_canary_waits_with_a_clear_message_when_the_route_cannot_carry_it(route, says) -> None:
+    world = serving_stable()
+    world.route = route
+    start_canary(world)
+    world.at(1).visit()
+    canary = next(c for c in world.status["conditions"] if c["type"] == "CanaryHealthy")
+    assert canary["status"] == "Unknown" and says in canary["message"] and "llama-stable" in canary["message"]
+    assert world.status["canary"]["weight"] == "0" and world.asked == []

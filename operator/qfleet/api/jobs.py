@@ -78,6 +78,8 @@ def step_invocation(
             "--tensor-parallel", str(spec.tensor_parallel),
             "--kv-cache-free-gpu-memory-fraction", str(engine.kv_cache_free_gpu_memory_fraction),
             "--compute-capability", f"{compute_capability[0]}.{compute_capability[1]}",
+            # bf16 is not calibrated, so the build learns the model from here rather than from a calibration report.
+            "--model-uri", spec.model.uri, "--model-revision", spec.model.revision,
         )
     else:
         specific = ("--model-uri", spec.model.uri, "--model-revision", spec.model.revision,

@@ -201,6 +201,13 @@ class _Release:
         self.revisions.canary = given.revision
         view = given.deployments.get(name)
         ready = view.ready_replicas if view else 0
+        problem = self._route_problem()
+        if problem is not None:
+            self.status.canary = CanaryStatus(step=0, weight="0")
+            self.set(ConditionType.CANARY_HEALTHY, ConditionStatus.UNKNOWN, Reason.WAITING_FOR_ANALYSIS, problem)
+            self.set(ConditionType.READY, ConditionStatus.FALSE, Reason.ROLLOUT_IN_PROGRESS,
+                     f"Canary {given.revision} waits for its route: {problem}")
+            return
         if state is None and ready < desired:
             # Traefik answers a not-ready backend's share with 5xx instead of moving it: no weight before readiness.
             self.status.canary = CanaryStatus(step=0, weight="0")
@@ -326,7 +333,7 @@ class _Release:
         """The interval's verdict when analysis is due and this visit carries measurements; else a request for them
         (the handler measures and decides again) and None."""
         given, analysis = self.given, self.spec.rollout.analysis
-        if self.spec.rollout.paused or not rollout.analysis_due(self.spec.rollout, state, given.now):
+        if not rollout.analysis_due(self.spec.rollout, state, given.now):
             return None
         step = rollout.current_step(self.spec.rollout, state)
         bounds = effective_gates(analysis, step)
@@ -403,6 +410,19 @@ class _Release:
             if self.gateway is None and role == STABLE:
                 service["spec"]["selector"] = {LABEL_MODEL: self.given.name}
             self.changes.services.append(service)
+
+    def _route_problem(self) -> str | None:
+        """Why the user's HTTPRoute cannot carry the canary's share (None when it can, or without a router)."""
+        if self.gateway is None:
+            return None
+        name, stable = self.gateway.http_route, service_name(self.given.name, STABLE)
+        if self.given.route is None:
+            return (f"HTTPRoute {name} (spec.rollout.trafficRouting.gatewayAPI.httpRoute) does not exist in namespace "
+                    f"{self.given.namespace}: create it with a backendRef to Service {stable}")
+        rules = (self.given.route.get("spec") or {}).get("rules") or []
+        if not any(ref.get("name") == stable for rule in rules for ref in rule.get("backendRefs") or []):
+            return f"HTTPRoute {name} has no backendRef to Service {stable}: add one; qfleet sets only the weights"
+        return None
 
     def _route(self, canary_weight: Decimal) -> None:
         if self.gateway is None:

@@ -1,0 +1,148 @@
+"""The canary end to end on the local fleet: real pipeline Jobs and real Triton servers (`qfleet-runtime serve`) on
+the executor node, real traffic through the Traefik gateway by the HTTPRoute's weights, and the gates read from the
+fleet's real Prometheus. Slow (a real evaluation per revision on 2 CPU cores), so one module-scoped stable revision
+serves both stories: a healthy canary is promoted through three steps; a canary with injected latency is rolled back
+within one analysis interval of its first failing one, the stable revision untouched."""
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from kubernetes import client as k8s
+
+from localfleet import loadgen, nodes
+from localfleet.processes import wait_until
+from qfleet.api import GROUP, PLURAL, VERSION
+from test_canary import GATEWAY, weights
+from test_pipeline import condition, create, objects, read, wait_for_condition  # noqa: F401
+from test_runtime_pipeline import artifacts_claim  # noqa: F401  (the hostPath artifact store, per test)
+
+pytestmark = pytest.mark.usefixtures("operator_process", "artifacts_claim")
+
+INFER = json.dumps({"inputs": [
+    {"name": "text_input", "shape": [1, 1], "datatype": "BYTES", "data": ["The capital of France is"]},
+    {"name": "max_tokens", "shape": [1, 1], "datatype": "INT32", "data": [4]}]}).encode()
+
+
+def smollm(prometheus: str) -> dict:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "QuantizedModel", "metadata": {"name": "smollm"},
+        "spec": {
+            "model": {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"},
+            # BF16 KV needs no calibration: the fastest real pipeline (build and evaluation only).
+            "quantization": {"weights": "bf16", "kvCache": "bf16"},
+            "nodePool": {"nodeSelector": {nodes.EXECUTOR_LABEL: "true", "nvidia.com/gpu.family": "hopper"},
+                         "tolerations": [nodes.EXECUTOR_TOLERATION], "gpusPerReplica": 1},
+            "serving": {"image": "qfleet/runtime:dev", "replicas": 1},
+            "rollout": {
+                "trafficRouting": {"gatewayAPI": {"httpRoute": "smollm-route"}},
+                "steps": [{"weight": "20", "pause": "1s"}, {"weight": "50", "pause": "1s"}, {"weight": "100"}],
+                "analysis": {"interval": "20s", "prometheus": {"address": prometheus}, "minRequests": 2,
+                             "failureLimit": 1, "inconclusiveLimit": 4,
+                             # CPU servers beside each other are noisy: the healthy bound is loose, the injected
+                             # latency (seconds on ~1 s requests) is far beyond the abort bound.
+                             "gates": {"p99LatencyRatio": {"max": "1.6", "abortAbove": "2.5"},
+                                       "fallbackRate": {"max": "0.005"},
+                                       "qualityDrop": {"max": "0.05", "abortAbove": "0.2"}}},
+            },
+            "artifacts": {"uri": "pvc://qfleet-artifacts/smollm"},
+        },
+    }
+
+
+class Traffic:
+    """Steady requests through the gateway for as long as the test runs (two at a time: the CPU is small)."""
+
+    def __init__(self, url: str, host: str):
+        self.url, self.headers = url, {"Host": host, "Content-Type": "application/json"}
+        self.stop = threading.Event()
+        self.reports: list[loadgen.Report] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self.reports.append(loadgen.run(self.url, 6, concurrency=2, max_seconds=30, timeout=30,
+                                            headers=self.headers, data=INFER))
+
+    def __enter__(self) -> Traffic:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+
+    def failures(self) -> int:
+        return sum(sum(r.errors.values()) for r in self.reports)
+
+
+@pytest.fixture
+def serving_smollm(api, objects, namespace, fleet, operator_process):
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "smollm-route", "namespace": namespace},
+             "spec": {"parentRefs": [{"name": "fleet", "namespace": "localfleet"}], "hostnames": [f"{namespace}.test"],
+                      "rules": [{"backendRefs": [{"name": "smollm-stable", "port": 8000}]}]}}
+    k8s.CustomObjectsApi(api).create_namespaced_custom_object(*GATEWAY, namespace, "httproutes", route)
+    create(objects, namespace, smollm(fleet.prometheus_url()))
+    serving = wait_for_condition(objects, namespace, "smollm", "Ready", "True", operator_process,
+                                 reason="RevisionServing", timeout=600)
+    url = fleet.gateway_url() + "/v2/models/qfleet/infer"
+    first = loadgen.run(url, 2, concurrency=1, max_seconds=60, timeout=30,
+                        headers={"Host": f"{namespace}.test", "Content-Type": "application/json"}, data=INFER)
+    assert first.ok == 2, first.as_dict()
+    return serving["status"]["revision"]["stable"], url
+
+
+def new_revision(objects, namespace: str, env: list[dict]) -> None:
+    objects.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "smollm",
+                                           {"spec": {"runtime": {"env": env}}})
+
+
+@pytest.mark.timeout(1500)
+def test_a_healthy_canary_is_promoted_through_three_steps_under_real_traffic(
+        api, objects, namespace, fleet, serving_smollm, operator_process):
+    stable, url = serving_smollm
+    seen_weights = set()
+    with Traffic(url, f"{namespace}.test") as traffic:
+        new_revision(objects, namespace, [{"name": "QFLEET_NOTE", "value": "same model, new revision"}])
+
+        def promoted() -> bool:
+            document = read(objects, namespace, "smollm")
+            seen_weights.add((document["status"].get("canary") or {}).get("weight"))
+            revision = document["status"].get("revision") or {}
+            return revision.get("stable") not in (None, stable)
+
+        try:
+            wait_until("the canary to be promoted", promoted, 900, interval=1)
+        except Exception:
+            print(read(objects, namespace, "smollm").get("status"), "\n", operator_process.log_tail())
+            raise
+    done = read(objects, namespace, "smollm")
+    assert {"20", "50"} <= seen_weights
+    assert condition(done, "Ready")["reason"] == "RevisionServing"
+    assert [h["outcome"] for h in done["status"]["history"]][-2:] == ["Superseded", "Promoted"]
+    assert weights(api, namespace) == {"smollm-stable": 100, "smollm-canary": 0}
+    assert traffic.failures() == 0, [r.as_dict() for r in traffic.reports if r.errors]
+    assert operator_process.metric("qfleet_operator_promotions_total") >= 1
+
+
+@pytest.mark.timeout(1500)
+def test_a_canary_with_injected_latency_is_rolled_back_and_the_stable_serves_on(
+        api, objects, namespace, fleet, serving_smollm, operator_process):
+    stable, url = serving_smollm
+    apps = k8s.AppsV1Api(api)
+    with Traffic(url, f"{namespace}.test") as traffic:
+        new_revision(objects, namespace, [{"name": "QFLEET_FAULT_LATENCY_SECONDS", "value": "3"}])
+        rolled = wait_for_condition(objects, namespace, "smollm", "RolledBack", "True", operator_process,
+                                    timeout=900)
+    status = rolled["status"]
+    entry = status["history"][-1]
+    assert entry["outcome"] == "RolledBack" and "p99LatencyRatio" in entry["message"]
+    assert condition(rolled, "RolledBack")["reason"] in ("GateAborted", "FailureLimitReached")
+    assert [h["outcome"] for h in status["history"] if h["revision"] == entry["revision"]] == ["RolledBack"]
+    assert status["revision"]["stable"] == stable
+    assert weights(api, namespace) == {"smollm-stable": 100, "smollm-canary": 0}
+    assert apps.read_namespaced_deployment(f"smollm-{entry['revision']}", namespace).spec.replicas == 0
+    assert apps.read_namespaced_deployment(f"smollm-{stable}", namespace).status.ready_replicas == 1
+    assert traffic.failures() == 0, [r.as_dict() for r in traffic.reports if r.errors]
