@@ -231,7 +231,7 @@ class Executor:
         if not command:
             raise PodSetupError("CreateContainerError", "the local executor needs an explicit command")
         spec = {"command": command, "env": env, "workingDir": container.get("workingDir"),
-                "mounts": podspec.container_mounts(container, sources, termination),
+                "mounts": podspec.container_mounts(container, sources, termination, podspec.image_host_paths(image)),
                 "exitFile": str(cdir / "exit.json"), "log": str(cdir / "output.log")}
         (cdir / "spec.json").write_text(json.dumps(spec))
         with open(cdir / "shim.log", "ab") as shim_log:

@@ -162,7 +162,16 @@ def volume_sources(pod: dict, pod_dir: Path, claim_path: Callable[[str, str], st
     return sources
 
 
-def container_mounts(container: dict, sources: dict[str, str], termination_file: Path) -> list:
+def image_host_paths(image: ImageEnvironment) -> list[str]:
+    """Host directories the image's programs come from (its PATH entries and path lists in its env, e.g. PYTHONPATH).
+    A container sees the host's filesystem here, so a volume mounted over a parent of one (an emptyDir at /tmp over a
+    checkout in /tmp) would hide the program: container_mounts binds these back on top."""
+    candidates = [*image.path, *(part for value in image.env.values() for part in value.split(":"))]
+    return sorted({c for c in candidates if c.startswith("/") and Path(c).is_dir()})
+
+
+def container_mounts(container: dict, sources: dict[str, str], termination_file: Path,
+                     host_paths: list[str] | tuple[str, ...] = ()) -> list:
     mounts = []
     for mount in container.get("volumeMounts") or []:
         if mount["name"] not in sources:
@@ -174,4 +183,8 @@ def container_mounts(container: dict, sources: dict[str, str], termination_file:
         mounts.append([source, mount["mountPath"], bool(mount.get("readOnly"))])
     mounts.append([str(termination_file), container.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH,
                    False])
+    targets = [Path(target) for _, target, _ in mounts]
+    for host_path in host_paths:
+        if any(target in Path(host_path).parents for target in targets):
+            mounts.append([host_path, host_path, True])
     return mounts
