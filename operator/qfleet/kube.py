@@ -142,19 +142,38 @@ class NotFound(LookupError):
     """The QuantizedModel asked for does not exist (or its CRD is not installed)."""
 
 
+def _model_client(namespace: str | None, kubeconfig: str | None, context: str | None) -> tuple[Any, str]:
+    """A client from the kubeconfig, and the namespace to use (the context's when none is given)."""
+    api = k8s_config.new_client_from_config(config_file=kubeconfig, context=context)
+    if namespace is None:
+        contexts, active = k8s_config.list_kube_config_contexts(config_file=kubeconfig)
+        if context is not None:
+            active = next(c for c in contexts if c["name"] == context)
+        namespace = (active or {}).get("context", {}).get("namespace") or "default"
+    return api, namespace
+
+
 def read_model(name: str, namespace: str | None = None, kubeconfig: str | None = None,
                context: str | None = None) -> dict:
     """One QuantizedModel, read with the kubeconfig (for `kubectl qfleet`); no namespace means the context's."""
-    api = k8s_config.new_client_from_config(config_file=kubeconfig, context=context)
-    if namespace is None:
-        _, active = k8s_config.list_kube_config_contexts(config_file=kubeconfig)
-        if context is not None:
-            active = next(c for c in k8s_config.list_kube_config_contexts(config_file=kubeconfig)[0]
-                          if c["name"] == context)
-        namespace = (active or {}).get("context", {}).get("namespace") or "default"
+    api, namespace = _model_client(namespace, kubeconfig, context)
     try:
         return k8s.CustomObjectsApi(api).get_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT)
+    except ApiException as error:
+        if error.status == 404:
+            raise NotFound(f"QuantizedModel {namespace}/{name} not found") from None
+        raise
+
+
+def patch_model(name: str, namespace: str | None, patch: dict, kubeconfig: str | None = None,
+                context: str | None = None) -> dict:
+    """A JSON merge patch of one QuantizedModel, with the kubeconfig (for `kubectl qfleet`'s rollout verbs)."""
+    api, namespace = _model_client(namespace, kubeconfig, context)
+    try:
+        return k8s.CustomObjectsApi(api).patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, patch, _request_timeout=REQUEST_TIMEOUT,
+            _content_type=MERGE_PATCH)
     except ApiException as error:
         if error.status == 404:
             raise NotFound(f"QuantizedModel {namespace}/{name} not found") from None

@@ -9,6 +9,7 @@ from kubernetes import client as k8s
 
 from localfleet.processes import wait_until
 from qfleet.api import GROUP, PLURAL, VERSION
+from qfleet.cli import plugin
 from test_pipeline import artifacts_claim, condition, create, model, objects, read, wait_for_condition  # noqa: F401
 
 GATEWAY = ("gateway.networking.k8s.io", "v1")
@@ -80,11 +81,10 @@ def test_a_silent_canary_never_promotes_and_rolls_back_at_the_inconclusive_limit
                                    verdict="Inconclusive") >= 2
 
 
-def test_a_person_promotes_with_an_annotation_and_it_is_consumed(api, objects, namespace, fleet, route,
+def test_a_person_promotes_with_kubectl_qfleet_and_the_annotation_is_consumed(api, objects, namespace, fleet, route,
                                                                  operator_process):
     stable, canary = serve_fp8_then_canary_nvfp4(objects, namespace, fleet, operator_process, inconclusiveLimit=50)
-    objects.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "llama", {
-        "metadata": {"annotations": {"qfleet.io/rollout-action": "promote"}}})
+    assert plugin.main(["promote", "llama", "-n", namespace, "--kubeconfig", str(fleet.kubeconfig)]) == 0
     wait_until("the promotion", lambda: read(objects, namespace, "llama")["status"]["revision"].get("stable")
                == canary, 60, interval=0.3)
     promoted = read(objects, namespace, "llama")

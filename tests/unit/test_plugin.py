@@ -156,3 +156,29 @@ def test_plan_is_qfleet_plan(capsys):
     from qfleet.cli.main import main as qfleet
     assert qfleet(["plan", "--model", example, "--gpu", "B200", "-o", "json"]) == 0
     assert capsys.readouterr().out == via_plugin
+
+
+@pytest.mark.parametrize("verb, patch", [
+    ("promote", {"metadata": {"annotations": {"qfleet.io/rollout-action": "promote"}}}),
+    ("abort", {"metadata": {"annotations": {"qfleet.io/rollout-action": "abort"}}}),
+    ("pause", {"spec": {"rollout": {"paused": True}}}),
+    ("resume", {"spec": {"rollout": {"paused": False}}}),
+])
+def test_rollout_verbs_send_one_merge_patch_and_say_what_they_did(verb, patch, capsys):
+    sent = []
+
+    def patcher(name, namespace, body):
+        sent.append((name, namespace, body))
+        return {"metadata": {"name": name}, "status": {"revision": {"canary": "7c85199be1"}}}
+
+    assert main([verb, "llama", "-n", "ml"], patcher=patcher) == 0
+    assert sent == [("llama", "ml", patch)]
+    assert capsys.readouterr().out == f"quantizedmodel.qfleet.io/llama {verb} requested (canary 7c85199be1)\n"
+
+
+def test_a_rollout_verb_on_a_missing_model_is_an_error(capsys):
+    def patcher(name, namespace, body):
+        raise kube.NotFound(f"QuantizedModel {namespace}/{name} not found")
+
+    assert main(["abort", "nope", "-n", "ml"], patcher=patcher) == 1
+    assert "kubectl qfleet abort: error: QuantizedModel ml/nope not found" in capsys.readouterr().err

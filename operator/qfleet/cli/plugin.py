@@ -2,6 +2,7 @@
 
 kubectl qfleet status NAME [-n NAMESPACE] [-o text|json|yaml]   the pipeline timeline of one QuantizedModel
 kubectl qfleet plan --model FILE --gpu GPU ...                  the same as `qfleet plan`
+kubectl qfleet promote|abort|pause|resume NAME [-n NAMESPACE]   act on the running canary
 """
 
 from __future__ import annotations
@@ -17,9 +18,24 @@ import yaml
 from qfleet import kube
 from qfleet.cli import main as qfleet_main
 from qfleet.cli.timeline import render_status
+from qfleet.pipeline.release import ACTION_ANNOTATION
 
 Reader = Callable[[str, str | None], Mapping[str, Any]]
 """(name, namespace or None for the kubeconfig's) -> the QuantizedModel document."""
+Patcher = Callable[[str, str | None, dict], Mapping[str, Any]]
+"""(name, namespace, merge patch) -> the patched QuantizedModel document."""
+
+ROLLOUT_VERBS: dict[str, tuple[str, dict]] = {
+    "promote": ("promote the canary to stable now, whatever its step",
+                {"metadata": {"annotations": {ACTION_ANNOTATION: "promote"}}}),
+    "abort": ("roll the canary back now (the revision is not retried)",
+              {"metadata": {"annotations": {ACTION_ANNOTATION: "abort"}}}),
+    "pause": ("hold the canary at its weight (spec.rollout.paused: true; analysis and aborts go on)",
+              {"spec": {"rollout": {"paused": True}}}),
+    "resume": ("let the canary go on (spec.rollout.paused: false)", {"spec": {"rollout": {"paused": False}}}),
+}
+"""Each verb's merge patch. promote/abort are one-off annotations the operator removes once it has acted; pause and
+resume edit the spec (under GitOps, commit them instead: see docs/gitops.md)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--context", help="kubeconfig context")
     commands.add_parser("plan", help="KV-cache capacity of one replica, for every KV format (as `qfleet plan`)",
                         add_help=False)
+    for verb, (help_text, _) in ROLLOUT_VERBS.items():
+        command = commands.add_parser(verb, help=help_text, description=help_text)
+        command.add_argument("name", metavar="NAME")
+        command.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
+        command.add_argument("--kubeconfig", help="path of the kubeconfig (default: KUBECONFIG or ~/.kube/config)")
+        command.add_argument("--context", help="kubeconfig context")
     return parser
 
 
@@ -50,12 +72,14 @@ def format_status(document: Mapping[str, Any], output: str) -> str:
     return yaml.safe_dump(view, sort_keys=False)
 
 
-def main(argv: Sequence[str] | None = None, reader: Reader | None = None) -> int:
+def main(argv: Sequence[str] | None = None, reader: Reader | None = None, patcher: Patcher | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["plan"]:
         return qfleet_main.main(args_list)
     parser = build_parser()
     args = parser.parse_args(args_list)
+    if args.command in ROLLOUT_VERBS:
+        return _act(args, patcher)
     if args.command != "status":
         parser.print_help(sys.stderr)
         return 2
@@ -67,6 +91,21 @@ def main(argv: Sequence[str] | None = None, reader: Reader | None = None) -> int
         print(f"kubectl qfleet status: error: {error}", file=sys.stderr)
         return 1
     sys.stdout.write(format_status(document, args.output))
+    return 0
+
+
+def _act(args: argparse.Namespace, patcher: Patcher | None) -> int:
+    patch = (patcher or (lambda name, namespace, body: kube.patch_model(
+        name, namespace, body, kubeconfig=args.kubeconfig, context=args.context)))
+    try:
+        document = patch(args.name, args.namespace, ROLLOUT_VERBS[args.command][1])
+    except kube.NotFound as error:
+        print(f"kubectl qfleet {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    meta = document.get("metadata", {})
+    canary = ((document.get("status") or {}).get("revision") or {}).get("canary")
+    target = f"canary {canary}" if canary else "no canary is running now; the operator acts on the next one"
+    print(f"quantizedmodel.qfleet.io/{meta.get('name')} {args.command} requested ({target})")
     return 0
 
 

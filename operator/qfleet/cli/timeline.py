@@ -130,6 +130,15 @@ def render_status(document: Mapping[str, Any]) -> str:
             ("step", canary.get("step")), ("weight", f"{canary.get('weight')}%"),
             ("since", canary.get("stepStartedAt")), ("failures", canary.get("consecutiveFailures")),
             ("inconclusive", canary.get("consecutiveInconclusive"))]))
+        analysis = canary.get("lastAnalysis")
+        if analysis:
+            lines.append("  last analysis " + _fields([("at", analysis.get("at")), ("verdict", analysis.get("verdict")),
+                                                        ("canary requests", analysis.get("requests"))]))
+            gates = analysis.get("gates") or []
+            if gates:
+                lines += _table([("GATE", "VALUE", "BOUND", "VERDICT")] + [
+                    (g.get("name", NONE), g.get("value") or "no data", g.get("max") or NONE, g.get("verdict", NONE))
+                    for g in gates], indent="    ")
 
     history = status.get("history")
     lines += ["", "History"]
