@@ -94,9 +94,22 @@ def serving_smollm(api, objects, namespace, fleet, operator_process):
     return serving["status"]["revision"]["stable"], url
 
 
-def new_revision(objects, namespace: str, env: list[dict]) -> None:
+def new_revision(objects, namespace: str, env: list[dict], stable: str, operator_process) -> str:
+    """Edits the spec into a new revision and waits for its pipeline to hand it to the canary. Traffic starts only
+    after that: a real evaluation beside a loaded server on 2 cores would take many minutes."""
     objects.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "smollm",
                                            {"spec": {"runtime": {"env": env}}})
+
+    def canary() -> str | None:
+        return (read(objects, namespace, "smollm")["status"].get("revision") or {}).get("canary")
+
+    try:
+        wait_until("the new revision's pipeline to pass and its canary to start", lambda: canary() not in
+                   (None, stable), 600, interval=1)
+    except Exception:
+        print(read(objects, namespace, "smollm").get("status"), "\n", operator_process.log_tail())
+        raise
+    return canary()
 
 
 @pytest.mark.timeout(1500)
@@ -104,8 +117,9 @@ def test_a_healthy_canary_is_promoted_through_three_steps_under_real_traffic(
         api, objects, namespace, fleet, serving_smollm, operator_process):
     stable, url = serving_smollm
     seen_weights = set()
+    new_revision(objects, namespace, [{"name": "QFLEET_NOTE", "value": "same model, new revision"}], stable,
+                 operator_process)
     with Traffic(url, f"{namespace}.test") as traffic:
-        new_revision(objects, namespace, [{"name": "QFLEET_NOTE", "value": "same model, new revision"}])
 
         def promoted() -> bool:
             document = read(objects, namespace, "smollm")
@@ -132,8 +146,9 @@ def test_a_canary_with_injected_latency_is_rolled_back_and_the_stable_serves_on(
         api, objects, namespace, fleet, serving_smollm, operator_process):
     stable, url = serving_smollm
     apps = k8s.AppsV1Api(api)
+    new_revision(objects, namespace, [{"name": "QFLEET_FAULT_LATENCY_SECONDS", "value": "3"}], stable,
+                 operator_process)
     with Traffic(url, f"{namespace}.test") as traffic:
-        new_revision(objects, namespace, [{"name": "QFLEET_FAULT_LATENCY_SECONDS", "value": "3"}])
         rolled = wait_for_condition(objects, namespace, "smollm", "RolledBack", "True", operator_process,
                                     timeout=900)
     status = rolled["status"]
