@@ -376,6 +376,17 @@ class Engine:
         return Generation(text, len(ids), len(generated), found.hits, found.misses, fallback, kv_bytes, kv_tokens,
                           ttft, time.monotonic() - t0, sampled)
 
+    def warm_up(self) -> None:
+        """One short generation before the server says ready, counted nowhere: the first call pays torch's lazy
+        set-up (about a second on CPU), which would otherwise land in the first real request's latency and, on a
+        canary with few requests, in its p99."""
+        sink, prefix, requests = self.sink, self.prefix, self.requests
+        self.sink, self.prefix = RecordingSink(), PrefixCache(self.config.prefix_cache_bytes)
+        try:
+            self.generate("Warm up the model.", 2)
+        finally:
+            self.sink, self.prefix, self.requests = sink, prefix, requests
+
     def request(self, prompt: str, max_tokens: int, started: float | None = None) -> Generation:
         """`generate` plus the request-level metrics (outcome, duration, token counts); re-raises failures."""
         t0 = time.monotonic() if started is None else started

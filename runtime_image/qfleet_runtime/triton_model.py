@@ -61,6 +61,7 @@ class QfleetModel:
         self.sink = TritonSink(pb_utils, self.name, settings.kv_format)
         started = time.monotonic()
         self.engine = eng.Engine(settings, self.sink, self.name)
+        self.engine.warm_up()  # before initialize returns, so /v2/health/ready waits for it
         logging.getLogger("qfleet.serve").warning(
             "qfleet model %s loaded: KV %s, fallback layers %s, faults %s, in %.1f s", self.name, settings.kv_format,
             sorted(settings.fallback_layers), settings.faults, time.monotonic() - started)

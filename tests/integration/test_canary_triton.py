@@ -40,9 +40,10 @@ def smollm(prometheus: str) -> dict:
                 "steps": [{"weight": "20", "pause": "1s"}, {"weight": "50", "pause": "1s"}, {"weight": "100"}],
                 "analysis": {"interval": "20s", "prometheus": {"address": prometheus}, "minRequests": 2,
                              "failureLimit": 1, "inconclusiveLimit": 4,
-                             # CPU servers beside each other are noisy: the healthy bound is loose, the injected
-                             # latency (seconds on ~1 s requests) is far beyond the abort bound.
-                             "gates": {"p99LatencyRatio": {"max": "1.6", "abortAbove": "2.5"},
+                             # Two CPU servers share 2 cores with the load, so a p99 of a handful of canary
+                             # requests is noisy: the bounds are loose here, and the injected latency (8 s on
+                             # requests of about a second) is far beyond the abort bound.
+                             "gates": {"p99LatencyRatio": {"max": "2", "abortAbove": "4"},
                                        "fallbackRate": {"max": "0.005"},
                                        "qualityDrop": {"max": "0.05", "abortAbove": "0.2"}}},
             },
@@ -125,6 +126,8 @@ def test_a_healthy_canary_is_promoted_through_three_steps_under_real_traffic(
             document = read(objects, namespace, "smollm")
             seen_weights.add((document["status"].get("canary") or {}).get("weight"))
             revision = document["status"].get("revision") or {}
+            if condition(document, "RolledBack").get("status") == "True":
+                raise AssertionError(f"the healthy canary was rolled back: {condition(document, 'RolledBack')}")
             return revision.get("stable") not in (None, stable)
 
         try:
@@ -146,7 +149,7 @@ def test_a_canary_with_injected_latency_is_rolled_back_and_the_stable_serves_on(
         api, objects, namespace, fleet, serving_smollm, operator_process):
     stable, url = serving_smollm
     apps = k8s.AppsV1Api(api)
-    new_revision(objects, namespace, [{"name": "QFLEET_FAULT_LATENCY_SECONDS", "value": "3"}], stable,
+    new_revision(objects, namespace, [{"name": "QFLEET_FAULT_LATENCY_SECONDS", "value": "8"}], stable,
                  operator_process)
     with Traffic(url, f"{namespace}.test") as traffic:
         rolled = wait_for_condition(objects, namespace, "smollm", "RolledBack", "True", operator_process,
