@@ -38,7 +38,7 @@ def smollm(prometheus: str) -> dict:
             "rollout": {
                 "trafficRouting": {"gatewayAPI": {"httpRoute": "smollm-route"}},
                 "steps": [{"weight": "20", "pause": "1s"}, {"weight": "50", "pause": "1s"}, {"weight": "100"}],
-                "analysis": {"interval": "20s", "prometheus": {"address": prometheus}, "minRequests": 2,
+                "analysis": {"interval": "30s", "prometheus": {"address": prometheus}, "minRequests": 3,
                              "failureLimit": 1, "inconclusiveLimit": 4,
                              # Two CPU servers share 2 cores with the load, so a p99 of a handful of canary
                              # requests is noisy: the bounds are loose here, and the injected latency (8 s on
@@ -53,7 +53,8 @@ def smollm(prometheus: str) -> dict:
 
 
 class Traffic:
-    """Steady requests through the gateway for as long as the test runs (two at a time: the CPU is small)."""
+    """Steady requests through the gateway for as long as the test runs, one at a time: each CPU server answers one
+    request at a time, so concurrent requests would queue and the p99 would measure the queue, not the revision."""
 
     def __init__(self, url: str, host: str):
         self.url, self.headers = url, {"Host": host, "Content-Type": "application/json"}
@@ -63,7 +64,7 @@ class Traffic:
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            self.reports.append(loadgen.run(self.url, 6, concurrency=2, max_seconds=30, timeout=30,
+            self.reports.append(loadgen.run(self.url, 6, concurrency=1, max_seconds=30, timeout=30,
                                             headers=self.headers, data=INFER))
 
     def __enter__(self) -> Traffic:
