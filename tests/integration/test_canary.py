@@ -38,8 +38,8 @@ def route(api, namespace) -> dict:
     return k8s.CustomObjectsApi(api).create_namespaced_custom_object(*GATEWAY, namespace, "httproutes", document)
 
 
-def weights(api, namespace: str) -> dict[str, int]:
-    found = k8s.CustomObjectsApi(api).get_namespaced_custom_object(*GATEWAY, namespace, "httproutes", "llama-route")
+def weights(api, namespace: str, route: str = "llama-route") -> dict[str, int]:
+    found = k8s.CustomObjectsApi(api).get_namespaced_custom_object(*GATEWAY, namespace, "httproutes", route)
     return {ref["name"]: ref.get("weight") for ref in found["spec"]["rules"][0]["backendRefs"]}
 
 

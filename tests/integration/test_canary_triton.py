@@ -140,7 +140,7 @@ def test_a_healthy_canary_is_promoted_through_three_steps_under_real_traffic(
     assert {"20", "50"} <= seen_weights
     assert condition(done, "Ready")["reason"] == "RevisionServing"
     assert [h["outcome"] for h in done["status"]["history"]][-2:] == ["Superseded", "Promoted"]
-    assert weights(api, namespace) == {"smollm-stable": 100, "smollm-canary": 0}
+    assert weights(api, namespace, "smollm-route") == {"smollm-stable": 100, "smollm-canary": 0}
     assert traffic.failures() == 0, [r.as_dict() for r in traffic.reports if r.errors]
     assert operator_process.metric("qfleet_operator_promotions_total") >= 1
 
@@ -161,7 +161,7 @@ def test_a_canary_with_injected_latency_is_rolled_back_and_the_stable_serves_on(
     assert condition(rolled, "RolledBack")["reason"] in ("GateAborted", "FailureLimitReached")
     assert [h["outcome"] for h in status["history"] if h["revision"] == entry["revision"]] == ["RolledBack"]
     assert status["revision"]["stable"] == stable
-    assert weights(api, namespace) == {"smollm-stable": 100, "smollm-canary": 0}
+    assert weights(api, namespace, "smollm-route") == {"smollm-stable": 100, "smollm-canary": 0}
     assert apps.read_namespaced_deployment(f"smollm-{entry['revision']}", namespace).spec.replicas == 0
     assert apps.read_namespaced_deployment(f"smollm-{stable}", namespace).status.ready_replicas == 1
     assert traffic.failures() == 0, [r.as_dict() for r in traffic.reports if r.errors]
