@@ -60,16 +60,19 @@ def fake_int8(x: torch.Tensor, amax: float | torch.Tensor | None = None) -> torc
     return (q * scale).to(x.dtype)
 
 
-def round_to_e2m1(x: torch.Tensor) -> torch.Tensor:
-    """Nearest E2M1 value (ties to even mantissa), saturating at ±6; NaN-free input assumed."""
+def e2m1_index(x: torch.Tensor) -> torch.Tensor:
+    """Index into E2M1_GRID of the nearest E2M1 magnitude of |x| (ties to even mantissa), saturating at 6."""
     grid = E2M1_GRID.to(x.device)
     a = x.float().abs().clamp(max=E2M1_MAX).contiguous()
     lo = (torch.searchsorted(grid, a, right=True) - 1).clamp(0, len(grid) - 2)
     hi = lo + 1
-    d_lo = a - grid[lo]
-    d_hi = grid[hi] - a
-    take_hi = (d_hi < d_lo) | ((d_hi == d_lo) & (hi % 2 == 0))
-    return torch.where(take_hi, grid[hi], grid[lo]) * torch.sign(x.float())
+    take_hi = (grid[hi] - a < a - grid[lo]) | ((grid[hi] - a == a - grid[lo]) & (hi % 2 == 0))
+    return torch.where(take_hi, hi, lo)
+
+
+def round_to_e2m1(x: torch.Tensor) -> torch.Tensor:
+    """Nearest E2M1 value (ties to even mantissa), saturating at ±6; NaN-free input assumed."""
+    return E2M1_GRID.to(x.device)[e2m1_index(x)] * torch.sign(x.float())
 
 
 def fake_nvfp4(x: torch.Tensor, amax: float | torch.Tensor | None = None, block: int = NVFP4_BLOCK) -> torch.Tensor:

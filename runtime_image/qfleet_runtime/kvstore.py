@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .kvquant import E2M1_GRID, E2M1_MAX, FP8_E4M3_MAX, INT8_MAX, NVFP4_BLOCK
+from .kvquant import E2M1_GRID, E2M1_MAX, FP8_E4M3_MAX, INT8_MAX, NVFP4_BLOCK, e2m1_index
 
 STORED_FORMATS = ("bf16", "fp8", "int8", "nvfp4")
 HIGHER_PRECISION = "bf16"
@@ -81,14 +81,7 @@ class Packed:
 def e2m1_codes(x: torch.Tensor) -> torch.Tensor:
     """4-bit E2M1 codes (sign << 3 | magnitude index) of the nearest E2M1 value, ties to even, saturating at 6;
     the same rounding as kvquant.round_to_e2m1."""
-    grid = E2M1_GRID.to(x.device)
-    a = x.float().abs().clamp(max=E2M1_MAX).contiguous()
-    lo = (torch.searchsorted(grid, a, right=True) - 1).clamp(0, len(grid) - 2)
-    hi = lo + 1
-    d_lo = a - grid[lo]
-    d_hi = grid[hi] - a
-    take_hi = (d_hi < d_lo) | ((d_hi == d_lo) & (hi % 2 == 0))
-    index = torch.where(take_hi, hi, lo).to(torch.uint8)
+    index = e2m1_index(x).to(torch.uint8)
     sign = (x.float() < 0).to(torch.uint8) << 3
     return torch.where(index == 0, torch.zeros_like(index), index | sign)
 

@@ -10,7 +10,9 @@ from kubernetes import client as k8s
 from localfleet.processes import wait_until
 from qfleet.api import GROUP, PLURAL, VERSION
 from qfleet.cli import plugin
-from test_pipeline import artifacts_claim, condition, create, model, objects, read, wait_for_condition  # noqa: F401
+from test_pipeline import condition, create, model, objects, read, wait_for_condition  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("artifacts_claim")
 
 GATEWAY = ("gateway.networking.k8s.io", "v1")
 

@@ -16,7 +16,6 @@ from localfleet.processes import wait_until
 from qfleet.api import GROUP, PLURAL, VERSION
 from test_canary import GATEWAY, weights
 from test_pipeline import condition, create, objects, read, wait_for_condition  # noqa: F401
-from test_runtime_pipeline import artifacts_claim  # noqa: F401  (the hostPath artifact store, per test)
 
 pytestmark = pytest.mark.usefixtures("operator_process", "artifacts_claim")
 

@@ -26,7 +26,9 @@ from kubernetes.client.rest import ApiException
 from localfleet import binaries
 from localfleet.processes import wait_until
 from qfleet.api import GROUP, PLURAL, VERSION
-from tests.integration.test_pipeline import artifacts_claim, condition, model  # noqa: F401  (artifacts_claim: fixture)
+from tests.integration.test_pipeline import condition, model
+
+pytestmark = pytest.mark.usefixtures("artifacts_claim")
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "qfleet"

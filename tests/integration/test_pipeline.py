@@ -8,12 +8,11 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
-from localfleet import kube
 from localfleet.processes import wait_until
 from qfleet.api import GROUP, PLURAL, VERSION
 from qfleet.gpus import LABEL_COMPUTE_MAJOR
 
-pytestmark = pytest.mark.usefixtures("operator_process")
+pytestmark = pytest.mark.usefixtures("operator_process", "artifacts_claim")
 
 LLAMA = {
     "apiVersion": f"{GROUP}/{VERSION}",
@@ -45,29 +44,6 @@ def model(name: str = "llama", **spec_changes) -> dict:
 @pytest.fixture
 def objects(api) -> k8s.CustomObjectsApi:
     return k8s.CustomObjectsApi(api)
-
-
-@pytest.fixture(autouse=True)
-def artifacts_claim(core, namespace, tmp_path):
-    """The claim the examples name (pvc://qfleet-artifacts/...), bound by the real PV controller to a hostPath PV."""
-    pv_name = f"artifacts-{namespace}"[:63]
-    core.create_persistent_volume(k8s.V1PersistentVolume(
-        metadata=k8s.V1ObjectMeta(name=pv_name),
-        spec=k8s.V1PersistentVolumeSpec(
-            capacity={"storage": "10Gi"}, access_modes=["ReadWriteMany"], storage_class_name="",
-            persistent_volume_reclaim_policy="Delete", host_path=k8s.V1HostPathVolumeSource(path=str(tmp_path)),
-            claim_ref=k8s.V1ObjectReference(namespace=namespace, name="qfleet-artifacts"))))
-    core.create_namespaced_persistent_volume_claim(namespace, k8s.V1PersistentVolumeClaim(
-        metadata=k8s.V1ObjectMeta(name="qfleet-artifacts"),
-        spec=k8s.V1PersistentVolumeClaimSpec(access_modes=["ReadWriteMany"], storage_class_name="",
-                                             volume_name=pv_name,
-                                             resources=k8s.V1VolumeResourceRequirements(
-                                                 requests={"storage": "10Gi"}))))
-    kube.wait_for(core.list_namespaced_persistent_volume_claim,
-                  lambda c: c.metadata.name == "qfleet-artifacts" and c.status.phase == "Bound", 30,
-                  "the artifacts claim to bind", namespace=namespace)
-    yield
-    core.delete_persistent_volume(pv_name)
 
 
 def create(objects, namespace: str, document: dict) -> None:

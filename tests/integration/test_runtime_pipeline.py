@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from kubernetes import client as k8s
 
-from localfleet import kube, nodes
+from localfleet import nodes
 from qfleet.api import GROUP, PLURAL, VERSION
 
 from test_pipeline import condition, create, read, wait_for_condition
@@ -30,28 +30,6 @@ SMOLLM = {
         "artifacts": {"uri": "pvc://qfleet-artifacts/smollm"},
     },
 }
-
-
-@pytest.fixture
-def artifacts_claim(core, namespace, tmp_path):
-    """The artifact store: a hostPath volume (a directory here), bound by the real PV controller."""
-    pv_name = f"artifacts-{namespace}"[:63]
-    core.create_persistent_volume(k8s.V1PersistentVolume(
-        metadata=k8s.V1ObjectMeta(name=pv_name),
-        spec=k8s.V1PersistentVolumeSpec(
-            capacity={"storage": "10Gi"}, access_modes=["ReadWriteMany"], storage_class_name="",
-            persistent_volume_reclaim_policy="Retain", host_path=k8s.V1HostPathVolumeSource(path=str(tmp_path)),
-            claim_ref=k8s.V1ObjectReference(namespace=namespace, name="qfleet-artifacts"))))
-    core.create_namespaced_persistent_volume_claim(namespace, k8s.V1PersistentVolumeClaim(
-        metadata=k8s.V1ObjectMeta(name="qfleet-artifacts"),
-        spec=k8s.V1PersistentVolumeClaimSpec(access_modes=["ReadWriteMany"], storage_class_name="",
-                                             volume_name=pv_name, resources=k8s.V1VolumeResourceRequirements(
-                                                 requests={"storage": "10Gi"}))))
-    kube.wait_for(core.list_namespaced_persistent_volume_claim,
-                  lambda c: c.metadata.name == "qfleet-artifacts" and c.status.phase == "Bound", 30,
-                  "the artifacts claim to bind", namespace=namespace)
-    yield tmp_path
-    core.delete_persistent_volume(pv_name)
 
 
 @pytest.mark.timeout(1200)  # real ModelOpt calibration and a 7k-token evaluation on 2 CPU cores: minutes
