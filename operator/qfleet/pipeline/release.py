@@ -16,8 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from qfleet import rollout
-from qfleet.api.conditions import ConditionStatus, ConditionType, Outcome, Reason, Verdict
-from qfleet.api.rollout_spec import FULL_TRAFFIC
+from qfleet.api.conditions import ConditionStatus, ConditionType, Outcome, Reason
 from qfleet.api.spec import QuantizedModelSpec
 from qfleet.api.status import (
     MAX_HISTORY,
@@ -460,7 +459,3 @@ def _analysis_run(verdict: IntervalVerdict, now: datetime) -> AnalysisRun:
     return AnalysisRun(at=now, verdict=verdict.verdict, requests=verdict.requests,
                        gates=[GateResult(name=g.name, value=None if g.value is None else str(g.value),
                                          max=str(g.bound.max), verdict=g.verdict) for g in verdict.gates])
-
-
-__all__ = ["ACTION_ANNOTATION", "DeploymentView", "FULL_TRAFFIC", "Measured", "MeasureRequest", "ReleaseChanges",
-           "ReleaseInput", "SCALE_DOWN_DELAY", "Servable", "Verdict", "release"]
