@@ -47,7 +47,7 @@ test-runtime: runtime-env
 test-unit: venv
 	$(PY) -m pytest tests/unit tests/chart tests/argocd $(PYTEST_ARGS)
 
-test-integration: venv binaries
+test-integration: venv binaries runtime-env
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 fleet-up: venv binaries
