@@ -8,6 +8,7 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
+from localfleet import kube
 from localfleet.processes import wait_until
 from qfleet.api import GROUP, PLURAL, VERSION
 from qfleet.gpus import LABEL_COMPUTE_MAJOR
