@@ -79,3 +79,20 @@ def _summary(obj) -> str:
         return "nothing"
     status = getattr(obj, "status", None)
     return f"{obj.metadata.name}: {status.to_dict() if hasattr(status, 'to_dict') else status}"[:1500]
+
+
+def service_account_kubeconfig(kubeconfig: Path, api: k8s.ApiClient, namespace: str, account: str, path: Path,
+                               seconds: int = 3600) -> Path:
+    """A copy of `kubeconfig` that holds only a short-lived token of a ServiceAccount (TokenRequest API): run a
+    process with it and it has exactly the rights RBAC gives that account."""
+    import yaml
+
+    token = k8s.CoreV1Api(api).create_namespaced_service_account_token(account, namespace, k8s.AuthenticationV1TokenRequest(
+        spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=seconds))).status.token
+    config = yaml.safe_load(kubeconfig.read_text())
+    config["users"] = [{"name": account, "user": {"token": token}}]
+    for context in config["contexts"]:
+        context["context"]["user"] = account
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path

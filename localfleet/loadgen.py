@@ -107,6 +107,46 @@ def run(url: str, count: int, concurrency: int = 4, max_seconds: float = 120.0, 
     return report
 
 
+class SteadyTraffic:
+    """Requests in batches of `batch`, one at a time, until stopped: the traffic a canary is judged under in the tests
+    and the demo. One at a time because each CPU server answers one request at a time: concurrent requests would
+    queue, and the p99 would measure the queue rather than the revision."""
+
+    def __init__(self, url: str, headers: dict[str, str], data: bytes, batch: int = 6, timeout: float = 30.0):
+        self.url, self.headers, self.data, self.batch, self.timeout = url, headers, data, batch, timeout
+        self.stop_event = threading.Event()
+        self.reports: list[Report] = []
+        self.thread = threading.Thread(target=self._run, name="steady-traffic", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop_event.is_set():
+            self.reports.append(run(self.url, self.batch, concurrency=1, max_seconds=self.timeout,
+                                    timeout=self.timeout, headers=self.headers, data=self.data))
+
+    def start(self) -> SteadyTraffic:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=2 * self.timeout)
+
+    def __enter__(self) -> SteadyTraffic:
+        return self.start()
+
+    def __exit__(self, *_) -> None:
+        self.stop()
+
+    def sent(self) -> int:
+        return sum(r.sent for r in self.reports)
+
+    def failures(self) -> int:
+        return sum(sum(r.errors.values()) for r in self.reports)
+
+    def failed_reports(self) -> list[dict]:
+        return [r.as_dict() for r in self.reports if r.errors]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localfleet.loadgen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

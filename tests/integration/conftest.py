@@ -1,12 +1,7 @@
 """Fixtures for tests on the local fleet: one real control plane per test session, a fresh namespace per test."""
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -17,6 +12,7 @@ from kubernetes.client.rest import ApiException
 
 from localfleet import binaries, kube
 from localfleet.fleet import Fleet
+from localfleet.operator_process import OperatorProcess
 from localfleet.processes import wait_until
 
 pytestmark = pytest.mark.integration
@@ -136,54 +132,9 @@ def crd(api):
     return manifest
 
 
-class OperatorProcess:
-    """`kopf run -m qfleet.main` as a subprocess against the fleet: isolated from the test process, restartable."""
-
-    def __init__(self, fleet: Fleet, log_path: Path):
-        self.fleet, self.log_path = fleet, log_path
-        self.process: subprocess.Popen | None = None
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.metrics_port = probe.getsockname()[1]
-
-    def start(self) -> None:
-        env = dict(os.environ, KUBECONFIG=str(self.fleet.kubeconfig), QFLEET_RECONCILE_INTERVAL="1",
-                   QFLEET_METRICS_PORT=str(self.metrics_port))
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces", "--verbose",
-                 "-m", "qfleet.main"], stdout=log, stderr=subprocess.STDOUT, env=env)
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.process = None
-
-    def metric(self, name: str, **labels: str) -> float:
-        """One sample from the operator's /metrics (0 when it has none yet)."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    return sample.value
-        return 0.0
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
 @pytest.fixture(scope="session")
 def operator_process(fleet, crd, tmp_path_factory):
-    runner = OperatorProcess(fleet, tmp_path_factory.mktemp("operator") / "kopf.log")
+    runner = OperatorProcess(fleet.kubeconfig, tmp_path_factory.mktemp("operator") / "kopf.log")
     runner.start()
     yield runner
     runner.stop()

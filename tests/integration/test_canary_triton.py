@@ -6,7 +6,6 @@ within one analysis interval of its first failing one, the stable revision untou
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 from kubernetes import client as k8s
@@ -51,31 +50,8 @@ def smollm(prometheus: str) -> dict:
     }
 
 
-class Traffic:
-    """Steady requests through the gateway for as long as the test runs, one at a time: each CPU server answers one
-    request at a time, so concurrent requests would queue and the p99 would measure the queue, not the revision."""
-
-    def __init__(self, url: str, host: str):
-        self.url, self.headers = url, {"Host": host, "Content-Type": "application/json"}
-        self.stop = threading.Event()
-        self.reports: list[loadgen.Report] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            self.reports.append(loadgen.run(self.url, 6, concurrency=1, max_seconds=30, timeout=30,
-                                            headers=self.headers, data=INFER))
-
-    def __enter__(self) -> Traffic:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_) -> None:
-        self.stop.set()
-        self.thread.join(timeout=60)
-
-    def failures(self) -> int:
-        return sum(sum(r.errors.values()) for r in self.reports)
+def gateway_traffic(url: str, host: str) -> loadgen.SteadyTraffic:
+    return loadgen.SteadyTraffic(url, {"Host": host, "Content-Type": "application/json"}, INFER)
 
 
 @pytest.fixture
@@ -120,7 +96,7 @@ def test_a_healthy_canary_is_promoted_through_three_steps_under_real_traffic(
     seen_weights = set()
     new_revision(objects, namespace, [{"name": "QFLEET_NOTE", "value": "same model, new revision"}], stable,
                  operator_process)
-    with Traffic(url, f"{namespace}.test") as traffic:
+    with gateway_traffic(url, f"{namespace}.test") as traffic:
 
         def promoted() -> bool:
             document = read(objects, namespace, "smollm")
@@ -140,7 +116,7 @@ def test_a_healthy_canary_is_promoted_through_three_steps_under_real_traffic(
     assert condition(done, "Ready")["reason"] == "RevisionServing"
     assert [h["outcome"] for h in done["status"]["history"]][-2:] == ["Superseded", "Promoted"]
     assert weights(api, namespace, "smollm-route") == {"smollm-stable": 100, "smollm-canary": 0}
-    assert traffic.failures() == 0, [r.as_dict() for r in traffic.reports if r.errors]
+    assert traffic.failures() == 0, traffic.failed_reports()
     assert operator_process.metric("qfleet_operator_promotions_total") >= 1
 
 
@@ -151,7 +127,7 @@ def test_a_canary_with_injected_latency_is_rolled_back_and_the_stable_serves_on(
     apps = k8s.AppsV1Api(api)
     new_revision(objects, namespace, [{"name": "QFLEET_FAULT_LATENCY_SECONDS", "value": "8"}], stable,
                  operator_process)
-    with Traffic(url, f"{namespace}.test") as traffic:
+    with gateway_traffic(url, f"{namespace}.test") as traffic:
         rolled = wait_for_condition(objects, namespace, "smollm", "RolledBack", "True", operator_process,
                                     timeout=900)
     status = rolled["status"]
@@ -163,4 +139,4 @@ def test_a_canary_with_injected_latency_is_rolled_back_and_the_stable_serves_on(
     assert weights(api, namespace, "smollm-route") == {"smollm-stable": 100, "smollm-canary": 0}
     assert apps.read_namespaced_deployment(f"smollm-{entry['revision']}", namespace).spec.replicas == 0
     assert apps.read_namespaced_deployment(f"smollm-{stable}", namespace).status.ready_replicas == 1
-    assert traffic.failures() == 0, [r.as_dict() for r in traffic.reports if r.errors]
+    assert traffic.failures() == 0, traffic.failed_reports()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -23,7 +22,8 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
-from localfleet import binaries
+from localfleet import binaries, kube
+from localfleet.operator_process import free_port
 from localfleet.processes import wait_until
 from qfleet.api import GROUP, PLURAL, VERSION
 from tests.integration.test_pipeline import condition, model
@@ -73,12 +73,6 @@ def session_operator_paused(operator_process):
     operator_process.start()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
 def test_every_scenario_passes_a_server_side_dry_run(fleet, api, namespace, values):
     rendered = subprocess.run([str(binaries.path_of("helm")), "template", "qf", str(CHART), "-n", namespace,
@@ -94,18 +88,6 @@ def test_every_scenario_passes_a_server_side_dry_run(fleet, api, namespace, valu
                      stdin=yaml.safe_dump_all(kept))
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.strip().splitlines()) == len(kept)
-
-
-def service_account_kubeconfig(fleet, core: k8s.CoreV1Api, namespace: str, account: str, path: Path) -> Path:
-    """A kubeconfig that holds only a short-lived token of the chart's ServiceAccount (TokenRequest API)."""
-    token = core.create_namespaced_service_account_token(account, namespace, k8s.AuthenticationV1TokenRequest(
-        spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))).status.token
-    config = yaml.safe_load(fleet.kubeconfig.read_text())
-    config["users"] = [{"name": account, "user": {"token": token}}]
-    for context in config["contexts"]:
-        context["context"]["user"] = account
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def can_i(fleet, kubeconfig: Path, *args: str) -> bool:
@@ -137,7 +119,8 @@ def test_operator_with_the_charts_service_account_runs_the_pipeline(
     args = [a.replace(":8080/", f":{port}/").replace("0.0.0.0", "127.0.0.1") for a in container["args"]]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert container["command"][0] == "kopf"
-    kubeconfig = service_account_kubeconfig(fleet, core, namespace, f"{release}-qfleet", tmp_path / "sa-kubeconfig")
+    kubeconfig = kube.service_account_kubeconfig(fleet.kubeconfig, api, namespace, f"{release}-qfleet",
+                                                 tmp_path / "sa-kubeconfig")
     log_path = tmp_path / "kopf.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", *container["command"], *args, "--verbose"],

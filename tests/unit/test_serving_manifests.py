@@ -38,6 +38,16 @@ def test_a_revision_deployment_serves_its_engine_on_the_pinned_nodes() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["args"][:5] == ["serve", "--revision", "7c1f000000", "--kv-format", "nvfp4"]
     assert {"name": "HF_HUB_OFFLINE", "value": "1"} in container["env"]
+    share = container["args"].index("--quality-sample-share")
+    assert container["args"][share + 1] == "0.1"  # the default: one request in ten also runs through BF16
+
+
+def test_the_quality_sample_share_reaches_the_server() -> None:
+    spec = parse_spec({**SPEC.model_dump(mode="json", by_alias=True, exclude_none=True),
+                       "serving": {"image": "qfleet/runtime:1", "qualitySampleShare": "1"}})
+    args = serving_deployment(OWNER, spec, "7c1f000000", "nvfp4", (10, 0), replicas=1, role="canary")[
+        "spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--quality-sample-share") + 1] == "1"
 
 
 def test_role_services_select_a_revision() -> None:

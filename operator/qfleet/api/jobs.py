@@ -92,7 +92,8 @@ def serve_args(spec: QuantizedModelSpec, revision: str, kv_format: str) -> tuple
     """`qfleet-runtime serve ...`: Triton on the pod's address with the revision's engine and KV format."""
     artifacts = ArtifactLocation.parse(spec.artifacts.uri, revision, kv_format)
     return ("serve", "--revision", revision, "--kv-format", kv_format, "--artifacts", artifacts.path,
-            "--http-port", str(HTTP_PORT), "--grpc-port", str(GRPC_PORT), "--metrics-port", str(METRICS_PORT))
+            "--http-port", str(HTTP_PORT), "--grpc-port", str(GRPC_PORT), "--metrics-port", str(METRICS_PORT),
+            "--quality-sample-share", str(spec.serving.quality_sample_share))
 
 
 def parse_summary(message: str | None) -> dict[str, Any]:

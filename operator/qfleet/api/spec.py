@@ -22,6 +22,7 @@ from qfleet.api.values import (
     ModelUri,
     ParameterCount,
     Quantity,
+    SampleShare,
     SecretKey,
     Threshold,
     WeightFormatName,
@@ -132,6 +133,7 @@ class Serving(SpecObject):
     image: str = Field(min_length=1, max_length=512, examples=["nvcr.io/nvidia/tritonserver:25.08-trtllm-python-py3"])
     replicas: int = Field(default=1, ge=1, le=1000)
     resources: Resources | None = None
+    quality_sample_share: SampleShare = Decimal("0.1")
 
 
 class EnvVar(SpecObject):

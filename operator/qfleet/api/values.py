@@ -115,6 +115,13 @@ def _memory_fraction(value: Any) -> Decimal:
     return number
 
 
+def _sample_share(value: Any) -> Decimal:
+    number = _decimal_text(value, "0.1")
+    if not 0 < number <= 1:
+        raise invalid(f"{rules.SAMPLE_SHARE_RANGE}; got {value!r}")
+    return number
+
+
 def _step_weight(value: Any) -> Decimal:
     if isinstance(value, int) and not isinstance(value, bool):
         number = Decimal(value)
@@ -220,6 +227,9 @@ Threshold = Annotated[Decimal, PlainValidator(_positive_decimal), _decimal_out]
 
 MemoryFraction = Annotated[Decimal, PlainValidator(_memory_fraction), _decimal_out]
 """A decimal string above 0 and at most 1: "0.9"."""
+
+SampleShare = Annotated[Decimal, PlainValidator(_sample_share), _decimal_out]
+"""A decimal string above 0 and at most 1: "0.1" of the requests."""
 
 StepWeight = Annotated[Decimal, PlainValidator(_step_weight), PlainSerializer(_step_weight_out)]
 """A percent of traffic above 0 and at most 100: an integer, or a decimal string such as "0.5"."""
