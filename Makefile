@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 .PHONY: help venv binaries runtime-env test test-operator test-runtime test-unit test-integration lint fleet-up \
-	fleet-down fleet-status clean
+	fleet-down fleet-status demo demo-down clean
 
 help:
 	@echo "make test              set up the venv and the local fleet's binaries, run every test tier"
@@ -15,11 +15,13 @@ help:
 	@echo "make test-runtime      the runtime's tests (ModelOpt, torch) in its own cached virtual environment"
 	@echo "make fleet-up          start the local fleet (python -m localfleet up)"
 	@echo "make fleet-down        stop it"
+	@echo "make demo              the whole story on the local fleet (about 15 min warm), report in demo-report/"
+	@echo "make demo-down         stop everything make demo started"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,demo]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -58,6 +60,12 @@ fleet-down: venv
 
 fleet-status: venv
 	$(PY) -m localfleet status
+
+demo: venv binaries runtime-env
+	$(PY) -m localfleet.demo run
+
+demo-down: venv
+	$(PY) -m localfleet.demo down
 
 clean:
 	rm -rf $(VENV) .pytest_cache

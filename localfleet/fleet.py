@@ -191,6 +191,18 @@ class Fleet:
         processes.wait_until("executor nodes Ready", lambda: kube.nodes_ready(api, executor_nodes), 60,
                              process=executor, log=self._log("executor"))
 
+        self._start_prometheus(state)
+
+        gateway.install(api, p["gateway"])
+        gateway.create_gateway(api, p["gateway"])
+        traefik = self._start(state, "traefik", gateway.traefik_argv(p["gateway"], p["traefik_api"],
+                                                                          self.log_dir / "traefik-provider.log"),
+                              env=dict(os.environ, KUBECONFIG=kubeconfig))
+        processes.wait_until("the gateway to be programmed", lambda: gateway.gateway_programmed(api), 60,
+                             process=traefik, log=self._log("traefik"))
+
+    def _start_prometheus(self, state: FleetState) -> None:
+        run, p = self.run_dir, state.ports
         config = run / "prometheus.yml"
         prom_config.write_config(config, apiserver_url=self.apiserver_url(state), pki_dir=self.pki_dir,
                                  self_address=f"127.0.0.1:{p['prometheus']}", scrape_interval=self.scrape_interval)
@@ -203,13 +215,13 @@ class Fleet:
         processes.wait_until("prometheus to scrape itself", lambda: self._prometheus_has_data(state), 60,
                              process=prometheus, log=self._log("prometheus"))
 
-        gateway.install(api, p["gateway"])
-        gateway.create_gateway(api, p["gateway"])
-        traefik = self._start(state, "traefik", gateway.traefik_argv(p["gateway"], p["traefik_api"],
-                                                                          self.log_dir / "traefik-provider.log"),
-                              env=dict(os.environ, KUBECONFIG=kubeconfig))
-        processes.wait_until("the gateway to be programmed", lambda: gateway.gateway_programmed(api), 60,
-                             process=traefik, log=self._log("traefik"))
+    def stop_prometheus(self) -> None:
+        """Stops Prometheus as an outage would (the analysis then has no answers); `start_prometheus` brings it back
+        on the same port and data."""
+        processes.stop(self.state().pids["prometheus"], str(self.run_dir))
+
+    def start_prometheus(self) -> None:
+        self._start_prometheus(self.state())
 
     def _start_executor(self, state: FleetState):
         return self._start(state, "executor", [

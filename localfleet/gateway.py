@@ -40,17 +40,24 @@ def create_gateway(api: k8s.ApiClient, port: int) -> None:
     _create(lambda: objects.create_cluster_custom_object(group, version, "gatewayclasses", {
         "apiVersion": f"{group}/{version}", "kind": "GatewayClass", "metadata": {"name": GATEWAY_CLASS},
         "spec": {"controllerName": CONTROLLER}}))
-    _create(lambda: objects.create_namespaced_custom_object(group, version, NAMESPACE, "gateways", {
-        "apiVersion": f"{group}/{version}", "kind": "Gateway", "metadata": {"name": GATEWAY, "namespace": NAMESPACE},
-        "spec": {"gatewayClassName": GATEWAY_CLASS, "listeners": [{
-            "name": LISTENER, "protocol": "HTTP", "port": port,
-            "allowedRoutes": {"namespaces": {"from": "All"}}}]}}))
+    spec = {"gatewayClassName": GATEWAY_CLASS, "listeners": [{
+        "name": LISTENER, "protocol": "HTTP", "port": port, "allowedRoutes": {"namespaces": {"from": "All"}}}]}
+    try:
+        objects.create_namespaced_custom_object(group, version, NAMESPACE, "gateways", {
+            "apiVersion": f"{group}/{version}", "kind": "Gateway",
+            "metadata": {"name": GATEWAY, "namespace": NAMESPACE}, "spec": spec})
+    except ApiException as error:
+        if error.status != 409:
+            raise
+        # A fleet restarted on its old etcd data: the Gateway is there, with the port of the last `up`.
+        objects.patch_namespaced_custom_object(group, version, NAMESPACE, "gateways", GATEWAY, {"spec": spec})
 
 
 def gateway_programmed(api: k8s.ApiClient) -> bool:
     gateway = k8s.CustomObjectsApi(api).get_namespaced_custom_object(
         "gateway.networking.k8s.io", "v1", NAMESPACE, "gateways", GATEWAY)
-    return any(c["type"] == "Programmed" and c["status"] == "True"
+    generation = gateway["metadata"].get("generation")
+    return any(c["type"] == "Programmed" and c["status"] == "True" and c.get("observedGeneration") == generation
                for c in gateway.get("status", {}).get("conditions", []))
 
 

@@ -20,22 +20,23 @@ def free_port() -> int:
 class OperatorProcess:
     """Isolated from the caller's process, restartable, its log in a file and its own metrics port."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path, env: dict[str, str] | None = None,
-                 args: list[str] | None = None):
+    def __init__(self, kubeconfig: Path, log_path: Path, command: list[str] | None = None,
+                 env: dict[str, str] | None = None, reconcile_interval: str = "1"):
+        """`command` is what the chart's container runs (`kopf run ... -m qfleet.main`), run here with this Python;
+        `env` the container's environment, on top of which the metrics port and the reconcile interval are set."""
         self.kubeconfig, self.log_path = kubeconfig, log_path
-        self.extra_env = env or {}
-        self.args = args or ["--standalone", "--all-namespaces"]
+        self.command = command or ["kopf", "run", "--standalone", "--all-namespaces", "-m", "qfleet.main"]
+        self.env = {**(env or {}), "QFLEET_RECONCILE_INTERVAL": reconcile_interval}
         self.process: subprocess.Popen | None = None
         self.metrics_port = free_port()
 
     def start(self, detached: bool = False) -> int:
         """Starts kopf and returns its pid; `detached` puts it in a session of its own, so it outlives the caller."""
-        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), QFLEET_RECONCILE_INTERVAL="1",
-                   QFLEET_METRICS_PORT=str(self.metrics_port), **self.extra_env)
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.env,
+               "QFLEET_METRICS_PORT": str(self.metrics_port)}
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "kopf", "run", *self.args, "--verbose",
-                                             "-m", "qfleet.main"], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=detached)
+            self.process = subprocess.Popen([sys.executable, "-m", *self.command, "--verbose"], stdout=log,
+                                            stderr=subprocess.STDOUT, env=env, start_new_session=detached)
         return self.process.pid
 
     def stop(self) -> None:

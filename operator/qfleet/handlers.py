@@ -24,6 +24,9 @@ from qfleet.pipeline.release import ACTION_ANNOTATION, Measured
 PREFIX = "qfleet.io"
 RECONCILE_INTERVAL = float(os.environ.get("QFLEET_RECONCILE_INTERVAL", "10"))
 METRICS_PORT = int(os.environ.get("QFLEET_METRICS_PORT", "0"))
+NAMESPACED = os.environ.get("QFLEET_NAMESPACED", "") == "true"
+"""Set by the chart with clusterScoped=false: the Role grants no right to list namespaces, and Kopf's namespace
+scanning would retry that list for about a minute before serving the namespaces it was given."""
 """Port of the operator's /metrics (0: not served). The chart sets it from `metrics.port`."""
 OURS = {"app.kubernetes.io/managed-by": MANAGED_BY["app.kubernetes.io/managed-by"]}
 API: dict[str, Any] = {}
@@ -41,6 +44,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
+    settings.scanning.disabled = NAMESPACED
     API["client"] = kube.configure()
     if METRICS_PORT and not API.get("metrics_served"):
         telemetry.serve(METRICS_PORT)

@@ -231,3 +231,19 @@ def test_metrics_port_zero_serves_no_metrics(helm):
     assert {"name": "QFLEET_METRICS_PORT", "value": "0"} in container["env"]
 
 
+
+
+@pytest.mark.parametrize("cluster_scoped", [True, False])
+def test_a_namespaced_operator_does_not_scan_namespaces_it_may_not_list(helm, cluster_scoped):
+    container = kinds(render(helm, "--set", f"clusterScoped={str(cluster_scoped).lower()}"))["Deployment"][
+        "spec"]["template"]["spec"]["containers"][0]
+    assert ({"name": "QFLEET_NAMESPACED", "value": "true"} in container["env"]) is not cluster_scoped
+
+
+def test_replicas_zero_installs_everything_but_the_operator_and_more_than_one_is_refused(helm):
+    documents = render(helm, "--set", "replicas=0")
+    assert kinds(documents)["Deployment"]["spec"]["replicas"] == 0
+    assert {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"} <= set(kinds(documents))
+    refused = subprocess.run([str(helm), "template", "qfleet", str(CHART), "--set", "replicas=2"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "replicas" in refused.stderr

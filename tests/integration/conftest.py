@@ -141,6 +141,15 @@ def operator_process(fleet, crd, tmp_path_factory):
 
 
 @pytest.fixture
+def session_operator_paused(operator_process):
+    """The session's operator (admin credentials, all namespaces) must not do the work of an operator under test: it
+    is stopped for the test and started again afterwards."""
+    operator_process.stop()
+    yield
+    operator_process.start()
+
+
+@pytest.fixture
 def artifacts_claim(core, namespace, tmp_path) -> Path:
     """The claim the examples name (pvc://qfleet-artifacts/...), bound by the real PV controller to a hostPath PV on
     tmp_path; yields that directory (what the steps wrote, seen from the host)."""

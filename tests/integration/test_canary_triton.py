@@ -1,8 +1,9 @@
 """The canary end to end on the local fleet: real pipeline Jobs and real Triton servers (`qfleet-runtime serve`) on
 the executor node, real traffic through the Traefik gateway by the HTTPRoute's weights, and the gates read from the
 fleet's real Prometheus. Slow (a real evaluation per revision on 2 CPU cores), so one module-scoped stable revision
-serves both stories: a healthy canary is promoted through three steps; a canary with injected latency is rolled back
-within one analysis interval of its first failing one, the stable revision untouched."""
+serves both stories: a healthy canary is promoted through three steps, holding its weight while Prometheus is stopped
+in the middle; a canary with injected latency is rolled back within one analysis interval of its first failing one,
+the stable revision untouched."""
 from __future__ import annotations
 
 import json
@@ -92,18 +93,30 @@ def new_revision(objects, namespace: str, env: list[dict], stable: str, operator
 @pytest.mark.timeout(1500)
 def test_a_healthy_canary_is_promoted_through_three_steps_under_real_traffic(
         api, objects, namespace, fleet, serving_smollm, operator_process):
+    """With an outage in the middle: once an interval has passed, Prometheus is stopped; the next analysis is
+    Inconclusive and the canary holds its weight (no promotion on silence); Prometheus back, the rollout goes on."""
     stable, url = serving_smollm
     seen_weights = set()
+    outage: dict = {}
     new_revision(objects, namespace, [{"name": "QFLEET_NOTE", "value": "same model, new revision"}], stable,
                  operator_process)
     with gateway_traffic(url, f"{namespace}.test") as traffic:
 
         def promoted() -> bool:
             document = read(objects, namespace, "smollm")
-            seen_weights.add((document["status"].get("canary") or {}).get("weight"))
+            canary = document["status"].get("canary") or {}
+            analysis = canary.get("lastAnalysis") or {}
+            seen_weights.add(canary.get("weight"))
             revision = document["status"].get("revision") or {}
             if condition(document, "RolledBack").get("status") == "True":
                 raise AssertionError(f"the healthy canary was rolled back: {condition(document, 'RolledBack')}")
+            if not outage and analysis.get("verdict") == "Pass":
+                fleet.stop_prometheus()
+                outage.update(passed_at=analysis["at"], weight=canary["weight"], step=canary["step"])
+            elif "inconclusive" not in outage and outage and analysis.get("at") != outage["passed_at"]:
+                outage["inconclusive"] = (analysis.get("verdict"), canary.get("weight"), canary.get("step"),
+                                          revision.get("stable"), condition(document, "CanaryHealthy"))
+                fleet.start_prometheus()
             return revision.get("stable") not in (None, stable)
 
         try:
@@ -111,6 +124,12 @@ def test_a_healthy_canary_is_promoted_through_three_steps_under_real_traffic(
         except Exception:
             print(read(objects, namespace, "smollm").get("status"), "\n", operator_process.log_tail())
             raise
+        finally:
+            if outage and "inconclusive" not in outage:
+                fleet.start_prometheus()
+    verdict, weight, step, stable_then, healthy = outage["inconclusive"]
+    assert (verdict, weight, step, stable_then) == ("Inconclusive", outage["weight"], outage["step"], stable)
+    assert healthy["reason"] == "AnalysisInconclusive" and "Prometheus" in healthy["message"]
     done = read(objects, namespace, "smollm")
     assert {"20", "50"} <= seen_weights
     assert condition(done, "Ready")["reason"] == "RevisionServing"

@@ -64,15 +64,6 @@ def release(fleet, namespace):
     helm(fleet, "uninstall", name, "-n", namespace, "--wait", "--timeout=60s", check=False)
 
 
-@pytest.fixture
-def session_operator_paused(operator_process):
-    """The session's operator (admin credentials, all namespaces) must not do the work the chart's operator is tested
-    on: it is stopped for the test and started again afterwards."""
-    operator_process.stop()
-    yield
-    operator_process.start()
-
-
 @pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
 def test_every_scenario_passes_a_server_side_dry_run(fleet, api, namespace, values):
     rendered = subprocess.run([str(binaries.path_of("helm")), "template", "qf", str(CHART), "-n", namespace,

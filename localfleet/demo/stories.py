@@ -1,0 +1,341 @@
+"""The demo's four stories, as a platform engineer would play them with kubectl, on SmolLM2-135M and real parts.
+
+1. `fp8-stable`: a QuantizedModel in FP8 goes through real ModelOpt calibration, the build and the evaluation, serves
+   through the gateway, and becomes stable.
+2. `nvfp4-canary` (left out of the short variant): the spec moves to NVFP4; the new revision canaries 1% -> 10% ->
+   100% under real traffic and is promoted.
+3. `regression-rolled-back`: a third revision with the runtime's fault switch (QFLEET_FAULT_KV_SCALE=0.5: a stale
+   calibration, so K/V values overflow their scales and fall back to BF16) is caught by the fallback-rate gate and
+   rolled back, the stable revision serving every request meanwhile.
+4. `auto-on-h100`: `kvCache: auto` with the ladder [nvfp4, fp8, bf16] on the H100 pool picks FP8 and says why.
+
+Durations are seconds instead of the runbook's hours, through the same spec fields. CPU servers are slower and
+noisier than GPUs, so the gates' bounds are looser than the defaults (the report states them and every value
+measured against them).
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from kubernetes import client as k8s
+
+from localfleet import loadgen, nodes
+from localfleet.demo.watch import Recorder, StoryFailed, condition
+from localfleet.fleet import Fleet
+from localfleet.processes import ProcessFailed, wait_until
+from qfleet.api import GROUP, PLURAL, VERSION
+
+MODEL = "smollm"
+AUTO_MODEL = "llama-70b-auto"
+ROUTE = "smollm"
+GATEWAY_API = ("gateway.networking.k8s.io", "v1")
+FAULT = {"name": "QFLEET_FAULT_KV_SCALE", "value": "0.5"}
+PROMPT = "The capital of France is"
+INFER = json.dumps({"inputs": [
+    {"name": "text_input", "shape": [1, 1], "datatype": "BYTES", "data": [PROMPT]},
+    {"name": "max_tokens", "shape": [1, 1], "datatype": "INT32", "data": [4]}]}).encode()
+PIPELINE_TIMEOUT = 1200
+ROLLOUT_TIMEOUT = 900
+
+STEPS = [
+    # 1%: a minute, judged over one 60 s window (a 1% share of a CPU server's traffic is a request or two).
+    {"weight": "1", "pause": "60s", "analysis": {"interval": "60s"}},
+    {"weight": "10", "pause": "30s"},
+    {"weight": "100"},
+]
+GATES = {
+    # Two CPU servers share two cores with the traffic: p99 of a few requests is noisy, hence loose bounds.
+    "p99LatencyRatio": {"max": "2", "abortAbove": "4"},
+    # FP8 and NVFP4 keep 3-4% of tokens' K/V at BF16 on this model; a stale calibration takes it near 100%.
+    "fallbackRate": {"max": "0.1", "abortAbove": "0.5"},
+    # NVFP4 KV costs SmolLM2-135M about 0.02 offline and up to 0.25 of live top-1 agreement on CPU (docs/runtime.md).
+    "qualityDrop": {"max": "0.3", "abortAbove": "0.5"},
+}
+
+
+def smollm(prometheus: str, kv_cache: str = "fp8") -> dict:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "QuantizedModel", "metadata": {"name": MODEL},
+        "spec": {
+            "model": {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"},
+            "quantization": {"weights": "bf16", "kvCache": kv_cache,
+                             "calibration": {"dataset": "builtin", "samples": 4, "maxSeqLen": 128}},
+            "nodePool": {"nodeSelector": {nodes.EXECUTOR_LABEL: "true"}, "tolerations": [nodes.EXECUTOR_TOLERATION],
+                         "gpusPerReplica": 1},
+            # Every request is also scored against BF16: at 1% the canary sees too few for one in ten to feed the
+            # quality gate within a minute.
+            "serving": {"image": "qfleet/runtime:dev", "replicas": 1, "qualitySampleShare": "1"},
+            "rollout": {
+                "trafficRouting": {"gatewayAPI": {"httpRoute": ROUTE}},
+                "steps": STEPS,
+                "analysis": {"interval": "30s", "prometheus": {"address": prometheus}, "minRequests": 1,
+                             "failureLimit": 1, "inconclusiveLimit": 6, "gates": GATES},
+            },
+            "artifacts": {"uri": f"pvc://qfleet-artifacts/{MODEL}"},
+        },
+    }
+
+
+def llama_auto() -> dict:
+    """examples/llama-70b-auto.yaml's choice of format, on the local fleet's simulated H100 pool."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "QuantizedModel", "metadata": {"name": AUTO_MODEL},
+        "spec": {
+            "model": {"uri": "hf://meta-llama/Llama-3.3-70B-Instruct"},
+            "quantization": {"weights": "fp8", "kvCache": "auto", "kvCacheLadder": ["nvfp4", "fp8", "bf16"]},
+            "nodePool": {"nodeSelector": {nodes.POOL_LABEL: "h100"}, "gpusPerReplica": 8},
+            "serving": {"image": "nvcr.io/nvidia/tritonserver:25.08-trtllm-python-py3"},
+            "artifacts": {"uri": f"pvc://qfleet-artifacts/{AUTO_MODEL}"},
+        },
+    }
+
+
+@dataclass
+class StoryResult:
+    key: str
+    title: str
+    started: float
+    finished: float | None = None
+    passed: bool = False
+    summary: str = ""
+    facts: dict[str, str] = field(default_factory=dict)
+    traffic: dict | None = None
+
+
+class Demo:
+    def __init__(self, fleet: Fleet, api: k8s.ApiClient, namespace: str, short: bool, log: Callable = print):
+        self.fleet, self.api, self.namespace, self.short, self.log = fleet, api, namespace, short, log
+        self.objects = k8s.CustomObjectsApi(api)
+        self.started = time.monotonic()
+        self.recorder = Recorder(self.objects, namespace, self.started, out=log)
+        self.results: list[StoryResult] = []
+        self.url = fleet.gateway_url() + "/v2/models/qfleet/infer"
+        self.host = f"{MODEL}.{namespace}.localfleet"
+
+    # ---- the whole run -------------------------------------------------------------------------------------------
+    def run(self) -> bool:
+        stories = [("fp8-stable", "FP8 through the real pipeline to stable", self.fp8_stable),
+                   ("nvfp4-canary", "NVFP4 canary 1% -> 10% -> 100% under traffic, promoted", self.nvfp4_canary),
+                   ("regression-rolled-back", "a stale-calibration regression caught and rolled back",
+                    self.regression_rolled_back),
+                   ("auto-on-h100", "kvCache: auto on an H100-only pool picks FP8", self.auto_on_h100)]
+        if self.short:
+            stories = [s for s in stories if s[0] != "nvfp4-canary"]
+        for key, title, play in stories:
+            result = StoryResult(key, title, started=self.recorder.now())
+            self.results.append(result)
+            self.log(f"\n== {len(self.results)}. {title} ==")
+            try:
+                play(result)
+                result.passed = True
+            except StoryFailed as failure:
+                result.summary = f"FAILED: {failure}"
+                self.log(result.summary)
+                return False
+            finally:
+                result.finished = self.recorder.now()
+            self.log(f"-- {result.summary} ({result.finished - result.started:.0f} s)")
+        return True
+
+    # ---- the stories ---------------------------------------------------------------------------------------------
+    def fp8_stable(self, result: StoryResult) -> None:
+        self._create_route()
+        self.objects.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL,
+                                                     smollm(self.fleet.prometheus_url()))
+        self.log(f"kubectl apply: QuantizedModel {MODEL} (kvCache: fp8); calibration, build and evaluation run as "
+                 "Jobs on the executor node")
+        done = self._follow(result, lambda d: condition(d, "Ready").get("reason") == "RevisionServing"
+                            and condition(d, "Ready").get("status") == "True", PIPELINE_TIMEOUT,
+                            "the FP8 revision to serve")
+        status = done["status"]
+        try:  # Traefik programs the route a moment after the Service's endpoints appear
+            wait_until("a first answer through the gateway", lambda: loadgen.run(
+                self.url, 1, concurrency=1, max_seconds=60, timeout=60, headers=self._headers(), data=INFER).ok == 1,
+                60, interval=1)
+        except ProcessFailed as failure:
+            raise StoryFailed(str(failure)) from None
+        first = loadgen.run(self.url, 3, concurrency=1, max_seconds=120, timeout=60, headers=self._headers(),
+                            data=INFER)
+        if first.ok != 3:
+            raise StoryFailed(f"requests through the gateway failed: {first.as_dict()}")
+        result.facts.update(self._pipeline_facts(status))
+        result.facts["gateway p50 (3 requests)"] = f"{first.percentile(0.5):.2f} s"
+        result.summary = (f"revision {status['revision']['stable']} (fp8) is stable; evaluation quality drop "
+                          f"{status['evaluation']['qualityDrop']} against BF16")
+
+    def nvfp4_canary(self, result: StoryResult) -> None:
+        stable = self._stable()
+        self._patch({"quantization": {"kvCache": "nvfp4"}})
+        self.log("kubectl patch: kvCache nvfp4 (a new revision; NVFP4 needs compute capability 10, the B200 node)")
+        canary = self._await_canary(result, stable)
+        with self._traffic(result) as traffic:
+            done = self._follow(result, lambda d: self._promoted(d, stable), ROLLOUT_TIMEOUT,
+                                "the NVFP4 canary to be promoted")
+        if traffic.failures():
+            raise StoryFailed(f"requests failed during the canary: {traffic.failed_reports()}")
+        weights = sorted({s.weight for s in self.recorder.samples if s.story == result.key and s.weight})
+        result.facts.update(self._pipeline_facts(done["status"]))
+        result.facts["weights the canary held"] = ", ".join(f"{w:g}%" for w in weights)
+        result.facts["route after promotion"] = str(self._route_weights())
+        result.facts["history"] = ", ".join(f"{h['revision']} {h['outcome']}" for h in done["status"]["history"])
+        if done["status"]["revision"]["stable"] != canary:
+            raise StoryFailed(f"{done['status']['revision']['stable']} is stable, not the canary {canary}")
+        result.summary = f"revision {canary} (nvfp4) promoted through {len(weights)} weights; {stable} superseded"
+
+    def regression_rolled_back(self, result: StoryResult) -> None:
+        stable = self._stable()
+        self._patch({"runtime": {"env": [FAULT]}})
+        self.log(f"kubectl patch: runtime.env {FAULT['name']}={FAULT['value']} (the runtime's fault switch: a "
+                 "stale calibration, K/V values overflow their scales)")
+        canary = self._await_canary(result, stable)
+        with self._traffic(result) as traffic:
+            done = self._follow(result, lambda d: condition(d, "RolledBack").get("status") == "True",
+                                ROLLOUT_TIMEOUT, "the regression to be rolled back")
+        status = done["status"]
+        entry = status["history"][-1]
+        route = self._route_weights()
+        problems = []
+        if entry["revision"] != canary or entry["outcome"] != "RolledBack":
+            problems.append(f"the last history entry is {entry}")
+        if "fallbackRate" not in (entry.get("message") or ""):
+            problems.append(f"the fallback-rate gate did not decide: {entry.get('message')}")
+        if status["revision"]["stable"] != stable:
+            problems.append(f"the stable revision changed to {status['revision']['stable']}")
+        if route.get(f"{MODEL}-canary", 0) != 0:
+            problems.append(f"the canary still has weight: {route}")
+        if traffic.failures():
+            problems.append(f"requests failed: {traffic.failed_reports()}")
+        if problems:
+            raise StoryFailed("; ".join(problems))
+        rolled = condition(done, "RolledBack")
+        result.facts.update({"revision": canary, "RolledBack reason": rolled["reason"],
+                             "why": entry.get("message") or "", "route after rollback": str(route),
+                             "stable": f"{stable} (unchanged)"})
+        result.summary = f"revision {canary} rolled back ({rolled['reason']}): {entry.get('message')}"
+
+    def auto_on_h100(self, result: StoryResult) -> None:
+        self.objects.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, llama_auto())
+        self.log(f"kubectl apply: QuantizedModel {AUTO_MODEL} (kvCache: auto, ladder nvfp4, fp8, bf16) on the "
+                 "simulated H100 pool")
+        done = self.recorder.follow(AUTO_MODEL, result.key, lambda d: any(
+            e.get("outcome") == "Selected" for e in (d.get("status") or {}).get("ladder") or []), 120,
+            "the ladder to select a format")
+        ladder = done["status"]["ladder"]
+        selected = next(e for e in ladder if e["outcome"] == "Selected")
+        for entry in ladder:
+            result.facts[f"{entry['kvCache']}: {entry['outcome']}"] = entry.get("message") or ""
+        capacity = done["status"].get("capacity") or {}
+        if capacity.get("message"):
+            result.facts["capacity"] = capacity["message"]
+        if selected["kvCache"] != "fp8":
+            raise StoryFailed(f"auto picked {selected['kvCache']}, not fp8: {ladder}")
+        result.summary = f"auto picked fp8: {selected.get('message') or ''}"
+
+    # ---- helpers -------------------------------------------------------------------------------------------------
+    def _follow(self, result: StoryResult, done: Callable[[dict], bool], timeout: float, what: str) -> dict:
+        def or_failed(document: dict) -> bool:
+            for kind in ("Calibrated", "EngineBuilt", "Evaluated"):
+                step = condition(document, kind)
+                if step.get("status") == "False" and step.get("reason", "").endswith("Failed"):
+                    raise StoryFailed(f"{what}: {kind} {step['reason']}: {step.get('message')}")
+            return done(document)
+        return self.recorder.follow(MODEL, result.key, or_failed, timeout, what)
+
+    def _await_canary(self, result: StoryResult, stable: str) -> str:
+        self.log("the new revision's pipeline runs first (traffic waits: an evaluation beside a loaded CPU server "
+                 "takes many minutes)")
+        done = self._follow(result, lambda d: ((d["status"].get("revision") or {}).get("canary")
+                                               not in (None, stable)), PIPELINE_TIMEOUT,
+                            "the new revision's pipeline to pass and its canary to start")
+        return done["status"]["revision"]["canary"]
+
+    def _promoted(self, document: dict, stable: str) -> bool:
+        if condition(document, "RolledBack").get("status") == "True":
+            raise StoryFailed(f"the canary was rolled back: {condition(document, 'RolledBack').get('message')}")
+        return (document["status"].get("revision") or {}).get("stable") not in (None, stable)
+
+    def _traffic(self, result: StoryResult) -> _Traffic:
+        return _Traffic(loadgen.SteadyTraffic(self.url, self._headers(), INFER, timeout=60), result, self.recorder)
+
+    def _stable(self) -> str:
+        return self.recorder.read(MODEL)["status"]["revision"]["stable"]
+
+    def _patch(self, spec: dict) -> None:
+        self.objects.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, MODEL, {"spec": spec})
+
+    def _headers(self) -> dict[str, str]:
+        return {"Host": self.host, "Content-Type": "application/json"}
+
+    def _create_route(self) -> None:
+        route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                 "metadata": {"name": ROUTE, "namespace": self.namespace},
+                 "spec": {"parentRefs": [{"name": "fleet", "namespace": "localfleet"}], "hostnames": [self.host],
+                          "rules": [{"backendRefs": [{"name": f"{MODEL}-stable", "port": 8000}]}]}}
+        self.objects.create_namespaced_custom_object(*GATEWAY_API, self.namespace, "httproutes", route)
+        self.log(f"HTTPRoute {ROUTE}: host {self.host} on the fleet's Traefik gateway, all traffic to "
+                 f"{MODEL}-stable")
+
+    def _route_weights(self) -> dict[str, int]:
+        route = self.objects.get_namespaced_custom_object(*GATEWAY_API, self.namespace, "httproutes", ROUTE)
+        return {ref["name"]: ref.get("weight", 1) for rule in route["spec"]["rules"]
+                for ref in rule.get("backendRefs", [])}
+
+    def _pipeline_facts(self, status: dict) -> dict[str, str]:
+        facts = {}
+        calibration = status.get("calibration") or {}
+        report = calibration.get("report") or {}
+        if report:
+            facts["calibration"] = (f"ModelOpt {calibration.get('modelOptVersion')} on {calibration.get('device')}, "
+                                    f"{calibration.get('samples')} samples; worst layer {report.get('worstLayer')} "
+                                    f"KL {report.get('worstLayerKL')}")
+        evaluation = status.get("evaluation") or {}
+        if evaluation:
+            facts["evaluation"] = (f"score {evaluation.get('score')} vs BF16 {evaluation.get('baselineScore')}, "
+                                   f"quality drop {evaluation.get('qualityDrop')}")
+        capacity = status.get("capacity") or {}
+        if capacity:
+            facts["capacity (planner)"] = (f"{capacity.get('kvCache')} on {capacity.get('gpu')}: "
+                                           f"{capacity.get('kvBytesPerToken')} KV bytes/token, "
+                                           f"{capacity.get('maxTokensPerReplica')} tokens per replica")
+        for step, key in (("calibrate", "calibration"), ("build", "engine"), ("evaluate", "evaluation")):
+            seconds = self._job_seconds((status.get(key) or {}).get("job"))
+            if seconds is not None:
+                facts[f"{step} Job"] = f"{seconds:.0f} s"
+        return facts
+
+    def _job_seconds(self, name: str | None) -> float | None:
+        if not name:
+            return None
+        job = k8s.BatchV1Api(self.api).read_namespaced_job(name, self.namespace)
+        if job.status.start_time and job.status.completion_time:
+            return (job.status.completion_time - job.status.start_time).total_seconds()
+        return None
+
+
+class _Traffic:
+    """Steady traffic through the gateway for the length of a `with` block; its totals go into the story."""
+
+    def __init__(self, traffic: loadgen.SteadyTraffic, result: StoryResult, recorder: Recorder):
+        self.traffic, self.result, self.recorder = traffic, result, recorder
+
+    def __enter__(self) -> loadgen.SteadyTraffic:
+        self.began = self.recorder.now()
+        return self.traffic.start()
+
+    def __exit__(self, *_) -> None:
+        self.traffic.stop()
+        latencies = sorted(x for r in self.traffic.reports for x in r.latencies)
+        self.result.traffic = {
+            "from": round(self.began, 1), "to": round(self.recorder.now(), 1), "sent": self.traffic.sent(),
+            "failed": self.traffic.failures(),
+            "p50": latencies[len(latencies) // 2] if latencies else None,
+            "p99": latencies[min(len(latencies) - 1, int(0.99 * (len(latencies) - 1)))] if latencies else None,
+        }
+
+
+def timestamp() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
