@@ -97,9 +97,11 @@ class Recorder:
                latest.get("type"), latest.get("reason"))
         if row != self._last_row:
             self._last_row = row
-            message = condition(document, "CanaryHealthy").get("message") if sample.canary else None
-            self._print(sample, message or f"{latest.get('type', '')} {latest.get('reason', '')}: "
-                                           f"{latest.get('message', '')}".strip(": "))
+            ready = condition(document, "Ready")
+            shown = condition(document, "CanaryHealthy") if sample.canary else \
+                ready if ready.get("status") == "True" else latest
+            self._print(sample, f"{shown.get('type', '')} {shown.get('reason', '')}: "
+                                f"{shown.get('message', '')}".strip(": "))
         return sample
 
     def _print(self, sample: Sample, message: str) -> None:

@@ -159,3 +159,58 @@ def test_a_canary_with_injected_latency_is_rolled_back_and_the_stable_serves_on(
     assert apps.read_namespaced_deployment(f"smollm-{entry['revision']}", namespace).spec.replicas == 0
     assert apps.read_namespaced_deployment(f"smollm-{stable}", namespace).status.ready_replicas == 1
     assert traffic.failures() == 0, traffic.failed_reports()
+
+
+@pytest.mark.timeout(2400)
+def test_without_a_router_the_replica_ratio_carries_the_canary_both_ways(
+        api, objects, namespace, fleet, serving_smollm, operator_process):
+    """No router: the stable Service selects every revision of the model, so one canary replica beside one stable
+    replica takes about half of the traffic, and status says so. The same traffic (the HTTPRoute now only reaches
+    that Service) rolls back a canary with injected latency and promotes a healthy one."""
+    stable, url = serving_smollm
+    apps, core = k8s.AppsV1Api(api), k8s.CoreV1Api(api)
+    objects.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "smollm", {
+        "spec": {"rollout": {"trafficRouting": {"gatewayAPI": None, "replicas": {}}}}})
+    seen: list[tuple] = []
+
+    def watch(until) -> None:
+        def check() -> bool:
+            document = read(objects, namespace, "smollm")
+            canary = document["status"].get("canary") or {}
+            seen.append((canary.get("weight"), condition(document, "Ready").get("message", "")))
+            return until(document)
+        try:
+            wait_until("the rollout without a router", check, 900, interval=1)
+        except Exception:
+            print(read(objects, namespace, "smollm").get("status"), "\n", operator_process.log_tail())
+            raise
+
+    slow = new_revision(objects, namespace, [{"name": "QFLEET_FAULT_LATENCY_SECONDS", "value": "8"}], stable,
+                        operator_process)
+    with gateway_traffic(url, f"{namespace}.test") as traffic:
+        watch(lambda d: condition(d, "RolledBack").get("status") == "True")
+    rolled = read(objects, namespace, "smollm")["status"]
+    assert (rolled["history"][-1]["revision"], rolled["history"][-1]["outcome"]) == (slow, "RolledBack")
+    assert "p99LatencyRatio" in rolled["history"][-1]["message"]
+    assert rolled["revision"]["stable"] == stable
+    assert apps.read_namespaced_deployment(f"smollm-{slow}", namespace).spec.replicas == 0
+    assert core.read_namespaced_service("smollm-stable", namespace).spec.selector == {"qfleet.io/model": "smollm"}
+    assert any(weight == "50.00" and "no router: 1 canary and 1 stable replicas" in message
+               for weight, message in seen), seen[-5:]
+    assert traffic.failures() == 0, traffic.failed_reports()
+
+    healthy = new_revision(objects, namespace, [{"name": "QFLEET_NOTE", "value": "healthy, no router"}], stable,
+                           operator_process)
+
+    def promoted(document: dict) -> bool:
+        last = document["status"]["history"][-1]
+        if last["revision"] == healthy and last["outcome"] == "RolledBack":
+            raise AssertionError(f"the healthy canary was rolled back: {last}")
+        return document["status"]["revision"].get("stable") == healthy
+
+    with gateway_traffic(url, f"{namespace}.test") as traffic:
+        watch(promoted)
+    done = read(objects, namespace, "smollm")["status"]
+    assert [(h["revision"], h["outcome"]) for h in done["history"]][-2:] == [(stable, "Superseded"),
+                                                                             (healthy, "Promoted")]
+    assert traffic.failures() == 0, traffic.failed_reports()
