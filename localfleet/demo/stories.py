@@ -182,6 +182,7 @@ class Demo:
         result.facts["weights the canary held"] = ", ".join(f"{w:g}%" for w in weights)
         result.facts["route after promotion"] = str(self._route_weights())
         result.facts["history"] = ", ".join(f"{h['revision']} {h['outcome']}" for h in done["status"]["history"])
+        result.facts["promotion"] = done["status"]["history"][-1].get("message") or ""
         if done["status"]["revision"]["stable"] != canary:
             raise StoryFailed(f"{done['status']['revision']['stable']} is stable, not the canary {canary}")
         result.summary = f"revision {canary} (nvfp4) promoted through {len(weights)} weights; {stable} superseded"

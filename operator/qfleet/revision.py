@@ -35,3 +35,15 @@ def revision_of(spec: QuantizedModelSpec) -> str:
     """First 10 hex digits of the SHA-256 of the artifact fields as canonical JSON."""
     canonical = json.dumps(artifact_fields(spec), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:REVISION_LENGTH]
+
+
+def artifact_spec(spec: QuantizedModelSpec) -> str:
+    """The artifact fields in the spec's own layout (camelCase, defaults written out) as compact JSON: written into
+    `status.history[].artifact`, and back into a spec by `kubectl qfleet rollback --to`."""
+    return json.dumps({
+        "model": {"uri": spec.model.uri, "revision": spec.model.revision},
+        "quantization": spec.quantization.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "engine": spec.engine.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "nodePool": {"gpusPerReplica": spec.node_pool.gpus_per_replica},
+        "runtime": {"env": [var.model_dump(mode="json", by_alias=True) for var in spec.runtime.env or ()]},
+    }, sort_keys=True, separators=(",", ":"))

@@ -188,6 +188,7 @@ def test_a_healthy_canary_climbs_every_step_and_is_promoted() -> None:
     assert world.condition("CanaryHealthy") == ("True", "Promoted")
     outcomes = [(h["revision"], h["outcome"]) for h in world.status["history"]]
     assert outcomes[-2:] == [(stable, "Superseded"), (canary, "Promoted")]
+    assert "last interval: p99LatencyRatio 1.05 (max 1.2)" in world.status["history"][-1]["message"]
     assert world.services["llama-stable"]["spec"]["selector"]["qfleet.io/revision"] == canary
     assert world.weights() == {"llama-stable": 100, "llama-canary": 0}
     assert world.replicas(canary) == 4
@@ -279,6 +280,18 @@ def test_a_rolled_back_revision_is_not_retried() -> None:
     assert world.asked[1:] == []
     assert world.condition("Ready") == ("True", "RevisionServing")
     assert "not retried" in next(c for c in world.status["conditions"] if c["type"] == "Ready")["message"]
+
+
+def test_reverting_the_spec_to_the_stable_revision_clears_rolled_back() -> None:
+    world = start_canary(serving_stable(), measurements=[{**PASSING, "p99LatencyRatio": Decimal("3")}])
+    world.at(1).visit()
+    world.at(11).visit()
+    assert world.condition("RolledBack") == ("True", "GateAborted")
+    world.spec = SPEC
+    world.at(20).visit()
+    assert world.condition("RolledBack") == ("False", "NotRolledBack")
+    assert world.status["phase"] == "Serving"
+    assert [h["outcome"] for h in world.status["history"]][-1] == "RolledBack"  # the record stays
 
 
 @pytest.mark.parametrize("action, outcome", [("promote", "Promoted"), ("abort", "RolledBack")])

@@ -3,6 +3,7 @@
 kubectl qfleet status NAME [-n NAMESPACE] [-o text|json|yaml]   the pipeline timeline of one QuantizedModel
 kubectl qfleet plan --model FILE --gpu GPU ...                  the same as `qfleet plan`
 kubectl qfleet promote|abort|pause|resume NAME [-n NAMESPACE]   act on the running canary
+kubectl qfleet rollback NAME --to REVISION [-n NAMESPACE]       write an earlier revision's fields back into the spec
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import yaml
 
 from qfleet import kube
 from qfleet.cli import main as qfleet_main
+from qfleet.cli.rollback import RollbackRefused, rollback_patch
 from qfleet.cli.timeline import render_status
 from qfleet.pipeline.release import ACTION_ANNOTATION
 
@@ -57,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
         command.add_argument("--kubeconfig", help="path of the kubeconfig (default: KUBECONFIG or ~/.kube/config)")
         command.add_argument("--context", help="kubeconfig context")
+    rollback_help = ("write the artifact fields of an earlier revision in status.history back into the spec; it "
+                     "returns as a canary through the steps (under GitOps, revert the commit instead)")
+    rollback = commands.add_parser("rollback", help=rollback_help, description=rollback_help)
+    rollback.add_argument("name", metavar="NAME")
+    rollback.add_argument("--to", required=True, metavar="REVISION", help="a revision from status.history")
+    rollback.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
+    rollback.add_argument("--kubeconfig", help="path of the kubeconfig (default: KUBECONFIG or ~/.kube/config)")
+    rollback.add_argument("--context", help="kubeconfig context")
     return parser
 
 
@@ -80,11 +90,13 @@ def main(argv: Sequence[str] | None = None, reader: Reader | None = None, patche
     args = parser.parse_args(args_list)
     if args.command in ROLLOUT_VERBS:
         return _act(args, patcher)
-    if args.command != "status":
+    if args.command not in ("status", "rollback"):
         parser.print_help(sys.stderr)
         return 2
     read = reader or (lambda name, namespace: kube.read_model(name, namespace, kubeconfig=args.kubeconfig,
                                                               context=args.context))
+    if args.command == "rollback":
+        return _rollback(args, read, patcher)
     try:
         document = read(args.name, args.namespace)
     except kube.NotFound as error:
@@ -106,6 +118,20 @@ def _act(args: argparse.Namespace, patcher: Patcher | None) -> int:
     canary = ((document.get("status") or {}).get("revision") or {}).get("canary")
     target = f"canary {canary}" if canary else "no canary is running now; the operator acts on the next one"
     print(f"quantizedmodel.qfleet.io/{meta.get('name')} {args.command} requested ({target})")
+    return 0
+
+
+def _rollback(args: argparse.Namespace, read: Reader, patcher: Patcher | None) -> int:
+    patch = (patcher or (lambda name, namespace, body: kube.patch_model(
+        name, namespace, body, kubeconfig=args.kubeconfig, context=args.context)))
+    try:
+        document = read(args.name, args.namespace)
+        patch(args.name, args.namespace, rollback_patch(document, args.to))
+    except (kube.NotFound, RollbackRefused) as error:
+        print(f"kubectl qfleet rollback: error: {error}", file=sys.stderr)
+        return 1
+    print(f"quantizedmodel.qfleet.io/{args.name} spec set back to revision {args.to}: it returns as a canary "
+          "through the steps (its Jobs are already done)")
     return 0
 
 

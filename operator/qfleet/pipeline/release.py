@@ -39,6 +39,7 @@ from qfleet.manifests.serving import (
     weighted_rules,
 )
 from qfleet.promql import REQUESTS_KEY, Window, queries
+from qfleet.revision import artifact_spec
 
 SCALE_DOWN_DELAY = timedelta(seconds=30)
 """How long a superseded stable revision keeps its replicas after a promotion (connections drain, rollback is quick)."""
@@ -177,6 +178,12 @@ class _Release:
         self._route(Decimal(0))
         if given.revision == stable:
             self._serving(f"Revision {stable} serves all traffic")
+            # The spec names the stable revision again (reverted after a rollback): nothing current is rolled back;
+            # the rollback stays in status.history.
+            if any(c.type == ConditionType.ROLLED_BACK and c.status == ConditionStatus.TRUE
+                   for c in self.status.conditions):
+                self.set(ConditionType.ROLLED_BACK, ConditionStatus.FALSE, Reason.NOT_ROLLED_BACK,
+                         f"The spec names the stable revision {stable} again")
         elif given.servable is not None:
             self._serving_after_rollback()
 
@@ -226,7 +233,7 @@ class _Release:
         if manual is not None:
             self.changes.action_done = True
         if decision.action is rollout.Action.PROMOTE:
-            self._promote(decision)
+            self._promote(decision, verdict)
         elif decision.action is rollout.Action.ROLLBACK:
             self._rollback(decision, verdict)
         else:
@@ -267,12 +274,17 @@ class _Release:
         self.set(ConditionType.ROLLED_BACK, ConditionStatus.FALSE, Reason.NOT_ROLLED_BACK,
                  f"Canary {given.revision} is running")
 
-    def _promote(self, decision: rollout.RolloutDecision) -> None:
+    def _promote(self, decision: rollout.RolloutDecision, verdict: IntervalVerdict | None) -> None:
         given = self.given
         old = self.revisions.stable
         assert old is not None and given.servable is not None
+        # The canary status goes away with the promotion: the deciding interval's values stay in the history.
+        measured = "; last interval: " + ", ".join(
+            f"{g.name} {g.value} (max {g.bound.max})" for g in verdict.gates if g.value is not None) \
+            if verdict is not None and any(g.value is not None for g in verdict.gates) else ""
         self._history(old, None, Outcome.SUPERSEDED, Reason.PROMOTED, f"revision {given.revision} was promoted")
-        self._history(given.revision, given.servable.kv_format, Outcome.PROMOTED, Reason.PROMOTED, decision.message)
+        self._history(given.revision, given.servable.kv_format, Outcome.PROMOTED, Reason.PROMOTED,
+                      decision.message + measured)
         self.revisions.stable, self.revisions.canary, self.status.canary = given.revision, None, None
         self._resize(given.revision, self.spec.serving.replicas)
         self._services(stable=given.revision, canary=given.revision)
@@ -447,11 +459,14 @@ class _Release:
         return next((h for h in reversed(self.status.history) if h.revision == revision), None)
 
     def _history(self, revision: str, kv_format: str | None, outcome: Outcome, reason: str, message: str) -> None:
+        earlier = self._history_entry(revision)
         if kv_format is None:
-            earlier = self._history_entry(revision)
             kv_format = earlier.kv_cache if earlier else None
+        # The spec in hand is the current revision's; an older one's fields come from its own earlier entry.
+        artifact = artifact_spec(self.spec) if revision == self.given.revision else (
+            earlier.artifact if earlier else None)
         entry = HistoryEntry(revision=revision, kv_cache=kv_format, outcome=outcome, at=self.given.now,
-                             reason=reason, message=message[:1024])
+                             reason=reason, message=message[:1024], artifact=artifact)
         self.status.history = [*self.status.history, entry][-MAX_HISTORY:]
 
 
