@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import matplotlib
@@ -83,12 +83,16 @@ def _plot_weights(path: Path, results: Sequence[StoryResult], samples: Sequence[
 
 
 def _analyses(samples: Sequence[Sample]) -> list[Sample]:
-    """One sample per analysis (the first sample that shows it)."""
+    """One sample per analysis (the first that shows it), with the weight the canary had during that interval:
+    the sample before it (an interval that passes a step shows the next step's weight already)."""
     seen, out = set(), []
+    previous: Sample | None = None
     for sample in samples:
         if sample.analysis_at and (sample.story, sample.analysis_at) not in seen:
             seen.add((sample.story, sample.analysis_at))
-            out.append(sample)
+            during = previous.weight if previous is not None and previous.story == sample.story else sample.weight
+            out.append(replace(sample, weight=during))
+        previous = sample
     return out
 
 
@@ -165,9 +169,8 @@ def _markdown(results: Sequence[StoryResult], samples: Sequence[Sample], capacit
                       "|---|---|---|---|" + "---|" * len(GATES)]
             for s in analyses:
                 gates = " | ".join(_cell(s.gates.get(g), s.bounds.get(g)) for g in GATES)
-                lines.append(f"| {s.t:.0f} | {s.weight:g}% | {s.verdict} | {s.requests} | {gates} |"
-                             if s.weight is not None else
-                             f"| {s.t:.0f} | 0% | {s.verdict} | {s.requests} | {gates} |")
+                weight = "-" if s.weight is None else f"{s.weight:g}%"
+                lines.append(f"| {s.t:.0f} | {weight} | {s.verdict} | {s.requests} | {gates} |")
         lines.append("")
     lines += ["## Capacity by KV format", "",
               "The planner (`qfleet plan`) for one replica of Llama 3.3 70B with FP8 weights on 8 GPUs "

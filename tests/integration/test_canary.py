@@ -97,6 +97,14 @@ def test_a_person_promotes_with_kubectl_qfleet_and_the_annotation_is_consumed(ap
     assert service.spec.selector["qfleet.io/revision"] == canary
     assert weights(api, namespace) == {"llama-stable": 100, "llama-canary": 0}
 
+    # Back to the revision it replaced, by name: its fields come from status.history, it canaries again.
+    assert plugin.main(["rollback", "llama", "--to", stable, "-n", namespace, "--kubeconfig",
+                        str(fleet.kubeconfig)]) == 0
+    wait_until("the earlier revision to return as the canary", lambda: read(objects, namespace, "llama")["status"][
+        "revision"].get("canary") == stable, 60, interval=0.3)
+    again = read(objects, namespace, "llama")
+    assert again["spec"]["quantization"]["kvCache"] == "fp8" and again["status"]["revision"]["current"] == stable
+
 
 def test_prometheus_out_of_reach_is_inconclusive_never_a_pass(api, objects, namespace, fleet, route,
                                                               operator_process):

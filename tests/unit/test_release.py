@@ -188,7 +188,9 @@ def test_a_healthy_canary_climbs_every_step_and_is_promoted() -> None:
     assert world.condition("CanaryHealthy") == ("True", "Promoted")
     outcomes = [(h["revision"], h["outcome"]) for h in world.status["history"]]
     assert outcomes[-2:] == [(stable, "Superseded"), (canary, "Promoted")]
-    assert "last interval: p99LatencyRatio 1.05 (max 1.2)" in world.status["history"][-1]["message"]
+    deciding = world.status["history"][-1]["analysis"]  # the canary status is gone; its last interval is kept
+    assert deciding["verdict"] == "Pass" and {"name": "p99LatencyRatio", "value": "1.05", "max": "1.2",
+                                              "verdict": "Pass"} in deciding["gates"]
     assert world.services["llama-stable"]["spec"]["selector"]["qfleet.io/revision"] == canary
     assert world.weights() == {"llama-stable": 100, "llama-canary": 0}
     assert world.replicas(canary) == 4
@@ -252,6 +254,7 @@ def test_a_failing_gate_rolls_back_at_once_and_leaves_the_stable_alone(case: Rol
     assert world.status["revision"]["stable"] == stable
     entry = world.status["history"][-1]
     assert (entry["revision"], entry["outcome"], entry["reason"]) == (canary, "RolledBack", case.condition_reason)
+    assert entry["analysis"]["verdict"] in ("Fail", "Abort", "Inconclusive")  # the deciding interval, with values
     rolled_back = next(c for c in world.status["conditions"] if c["type"] == "RolledBack")["message"]
     for fragment in case.message_has:
         assert fragment in rolled_back

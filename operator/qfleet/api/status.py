@@ -104,6 +104,8 @@ class HistoryEntry(StatusObject):
     at: datetime
     reason: str | None = None
     message: str | None = None
+    analysis: AnalysisRun | None = None
+    """The interval that decided a promotion or a rollback (None for a manual action or the first revision)."""
     artifact: str | None = Field(default=None, max_length=8192)
     """The spec fields that make this revision as compact JSON (`qfleet.revision.artifact_spec`): what
     `kubectl qfleet rollback --to` writes back into the spec."""

@@ -278,13 +278,10 @@ class _Release:
         given = self.given
         old = self.revisions.stable
         assert old is not None and given.servable is not None
-        # The canary status goes away with the promotion: the deciding interval's values stay in the history.
-        measured = "; last interval: " + ", ".join(
-            f"{g.name} {g.value} (max {g.bound.max})" for g in verdict.gates if g.value is not None) \
-            if verdict is not None and any(g.value is not None for g in verdict.gates) else ""
         self._history(old, None, Outcome.SUPERSEDED, Reason.PROMOTED, f"revision {given.revision} was promoted")
-        self._history(given.revision, given.servable.kv_format, Outcome.PROMOTED, Reason.PROMOTED,
-                      decision.message + measured)
+        # The canary status goes away with the promotion: the deciding interval stays in the history.
+        self._history(given.revision, given.servable.kv_format, Outcome.PROMOTED, Reason.PROMOTED, decision.message,
+                      verdict)
         self.revisions.stable, self.revisions.canary, self.status.canary = given.revision, None, None
         self._resize(given.revision, self.spec.serving.replicas)
         self._services(stable=given.revision, canary=given.revision)
@@ -308,7 +305,7 @@ class _Release:
             message = f"gate {gate.name}: value {gate.value}, bound {gate.bound.max}" + (
                 f", abort bound {gate.bound.abort_above}" if gate.bound.abort_above is not None else "") + \
                 f" ({decision.message})"
-        self._end_canary(Outcome.ROLLED_BACK, decision.reason, message, immediately=True)
+        self._end_canary(Outcome.ROLLED_BACK, decision.reason, message, immediately=True, verdict=verdict)
         self.status.canary = None
         self.changes.rollback_cause = cause
         if verdict is not None:
@@ -319,10 +316,11 @@ class _Release:
                  "is untouched and serves all traffic")
         self._serving_after_rollback()
 
-    def _end_canary(self, outcome: Outcome, reason: str, message: str, immediately: bool) -> None:
+    def _end_canary(self, outcome: Outcome, reason: str, message: str, immediately: bool,
+                    verdict: IntervalVerdict | None = None) -> None:
         canary = self.revisions.canary or self.given.revision
         fmt = self.given.servable.kv_format if self.given.servable and canary == self.given.revision else None
-        self._history(canary, fmt, outcome, reason, message)
+        self._history(canary, fmt, outcome, reason, message, verdict)
         self.revisions.canary, self.status.canary = None, None
         if immediately:
             self.changes.scale[deployment_name(self.given.name, canary)] = 0
@@ -458,7 +456,8 @@ class _Release:
     def _history_entry(self, revision: str) -> HistoryEntry | None:
         return next((h for h in reversed(self.status.history) if h.revision == revision), None)
 
-    def _history(self, revision: str, kv_format: str | None, outcome: Outcome, reason: str, message: str) -> None:
+    def _history(self, revision: str, kv_format: str | None, outcome: Outcome, reason: str, message: str,
+                 verdict: IntervalVerdict | None = None) -> None:
         earlier = self._history_entry(revision)
         if kv_format is None:
             kv_format = earlier.kv_cache if earlier else None
@@ -466,7 +465,8 @@ class _Release:
         artifact = artifact_spec(self.spec) if revision == self.given.revision else (
             earlier.artifact if earlier else None)
         entry = HistoryEntry(revision=revision, kv_cache=kv_format, outcome=outcome, at=self.given.now,
-                             reason=reason, message=message[:1024], artifact=artifact)
+                             reason=reason, message=message[:1024], artifact=artifact,
+                             analysis=_analysis_run(verdict, self.given.now) if verdict is not None else None)
         self.status.history = [*self.status.history, entry][-MAX_HISTORY:]
 
 
