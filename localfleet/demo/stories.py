@@ -213,6 +213,7 @@ class Demo:
         if problems:
             raise StoryFailed("; ".join(problems))
         rolled = condition(done, "RolledBack")
+        result.facts.update(self._pipeline_facts(status))  # its pipeline passed: the fault only shows when serving
         result.facts.update({"revision": canary, "RolledBack reason": rolled["reason"],
                              "why": entry.get("message") or "", "route after rollback": str(route),
                              "stable": f"{stable} (unchanged)"})
