@@ -96,3 +96,31 @@ def service_account_kubeconfig(kubeconfig: Path, api: k8s.ApiClient, namespace: 
     path.write_text(yaml.safe_dump(config))
     path.chmod(0o600)
     return path
+
+
+def bind_artifacts_claim(api: k8s.ApiClient, namespace: str, claim: str, volume: str, host_path: Path,
+                         size: str = "20Gi", timeout: float = 60) -> None:
+    """A hostPath PersistentVolume reserved for `namespace/claim` and that claim, bound by the real PV controller:
+    the artifacts volume the examples name (pvc://qfleet-artifacts/...). Existing ones are kept (409)."""
+    core = k8s.CoreV1Api(api)
+    for create in (
+        lambda: core.create_persistent_volume(k8s.V1PersistentVolume(
+            metadata=k8s.V1ObjectMeta(name=volume),
+            spec=k8s.V1PersistentVolumeSpec(
+                capacity={"storage": size}, access_modes=["ReadWriteMany"], storage_class_name="",
+                persistent_volume_reclaim_policy="Retain", host_path=k8s.V1HostPathVolumeSource(path=str(host_path)),
+                claim_ref=k8s.V1ObjectReference(namespace=namespace, name=claim)))),
+        lambda: core.create_namespaced_persistent_volume_claim(namespace, k8s.V1PersistentVolumeClaim(
+            metadata=k8s.V1ObjectMeta(name=claim),
+            spec=k8s.V1PersistentVolumeClaimSpec(access_modes=["ReadWriteMany"], storage_class_name="",
+                                                 volume_name=volume, resources=k8s.V1VolumeResourceRequirements(
+                                                     requests={"storage": size})))),
+    ):
+        try:
+            create()
+        except ApiException as error:
+            if error.status != 409:
+                raise
+    wait_for(core.list_namespaced_persistent_volume_claim,
+             lambda c: c.metadata.name == claim and c.status.phase == "Bound", timeout,
+             f"the claim {claim} to bind", namespace=namespace)

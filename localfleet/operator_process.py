@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterable
 import subprocess
 import sys
 import urllib.request
@@ -64,3 +65,19 @@ class OperatorProcess:
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def from_chart(manifest: Iterable[dict | None], kubeconfig: Path, log_path: Path,
+               reconcile_interval: str = "1") -> tuple[OperatorProcess, str]:
+    """The chart's operator container (from `helm get manifest`) as a local process: its command, arguments and
+    environment, run with `kubeconfig` (a ServiceAccount's token); the liveness endpoint moves to a free loopback
+    port, whose /healthz URL comes back beside the process."""
+    deployment = next(d for d in manifest if d and d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    liveness = free_port()
+    args = [a.replace("--liveness=http://0.0.0.0:", "--liveness=http://127.0.0.1:") for a in container["args"]]
+    args = [f"--liveness=http://127.0.0.1:{liveness}/healthz" if a.startswith("--liveness=") else a for a in args]
+    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    operator = OperatorProcess(kubeconfig, log_path, command=[*container["command"], *args], env=env,
+                               reconcile_interval=reconcile_interval)
+    return operator, f"http://127.0.0.1:{liveness}/healthz"

@@ -20,7 +20,7 @@ from kubernetes.client.rest import ApiException
 
 from localfleet import binaries, kube, processes
 from localfleet.fleet import Fleet
-from localfleet.operator_process import OperatorProcess, free_port
+from localfleet.operator_process import OperatorProcess, from_chart
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "qfleet"
@@ -111,44 +111,17 @@ class Installation:
 
     def _artifacts_claim(self, api: k8s.ApiClient) -> str:
         """The claim the models name (pvc://qfleet-artifacts/...), bound to a hostPath volume in the demo's dir."""
-        core = k8s.CoreV1Api(api)
         volume = f"qfleet-demo-{self.namespace}"[:63]
-        try:
-            core.create_persistent_volume(k8s.V1PersistentVolume(
-                metadata=k8s.V1ObjectMeta(name=volume),
-                spec=k8s.V1PersistentVolumeSpec(
-                    capacity={"storage": "20Gi"}, access_modes=["ReadWriteMany"], storage_class_name="",
-                    persistent_volume_reclaim_policy="Retain",
-                    host_path=k8s.V1HostPathVolumeSource(path=str(self.artifacts_dir)),
-                    claim_ref=k8s.V1ObjectReference(namespace=self.namespace, name=CLAIM))))
-            core.create_namespaced_persistent_volume_claim(self.namespace, k8s.V1PersistentVolumeClaim(
-                metadata=k8s.V1ObjectMeta(name=CLAIM),
-                spec=k8s.V1PersistentVolumeClaimSpec(
-                    access_modes=["ReadWriteMany"], storage_class_name="", volume_name=volume,
-                    resources=k8s.V1VolumeResourceRequirements(requests={"storage": "20Gi"}))))
-        except ApiException as error:
-            if error.status != 409:
-                raise
-        kube.wait_for(core.list_namespaced_persistent_volume_claim,
-                      lambda c: c.metadata.name == CLAIM and c.status.phase == "Bound", 60,
-                      "the artifacts claim to bind", namespace=self.namespace)
+        kube.bind_artifacts_claim(api, self.namespace, CLAIM, volume, self.artifacts_dir)
         return volume
 
     def _operator(self, api: k8s.ApiClient) -> tuple[OperatorProcess, str]:
-        """The chart's operator container as a local process: its command, arguments and environment, the
-        ServiceAccount's token, the liveness endpoint moved to a free loopback port (returned)."""
-        manifest = yaml.safe_load_all(self._helm("get", "manifest", RELEASE, "-n", self.namespace))
+        manifest = list(yaml.safe_load_all(self._helm("get", "manifest", RELEASE, "-n", self.namespace)))
         deployment = next(d for d in manifest if d and d["kind"] == "Deployment")
-        container = deployment["spec"]["template"]["spec"]["containers"][0]
-        liveness = free_port()
-        args = [a.replace("0.0.0.0:8080", f"127.0.0.1:{liveness}") for a in container["args"]]
         account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
         kubeconfig = kube.service_account_kubeconfig(self.fleet.kubeconfig, api, self.namespace, account,
                                                      self.work_dir / "operator-kubeconfig", seconds=24 * 3600)
-        env = {e["name"]: e["value"] for e in container.get("env", [])}
-        operator = OperatorProcess(kubeconfig, self.operator_log, command=[*container["command"], *args], env=env,
-                                   reconcile_interval=RECONCILE_INTERVAL)
-        return operator, f"http://127.0.0.1:{liveness}/healthz"
+        return from_chart(manifest, kubeconfig, self.operator_log, reconcile_interval=RECONCILE_INTERVAL)
 
     # ---- down ----------------------------------------------------------------------------------------------------
     def down(self, stop_fleet: bool = True) -> None:
@@ -161,7 +134,7 @@ class Installation:
             if self.fleet.is_up():
                 self._remove_from_cluster(state)
             self.state_file.unlink(missing_ok=True)
-        if stop_fleet and (state is None or state.started_fleet) and self.fleet.state() is not None:
+        if stop_fleet and state is not None and state.started_fleet and self.fleet.state() is not None:
             self.fleet.down(log=self.log)
 
     def _remove_from_cluster(self, state: DemoState) -> None:

@@ -154,19 +154,7 @@ def artifacts_claim(core, namespace, tmp_path) -> Path:
     """The claim the examples name (pvc://qfleet-artifacts/...), bound by the real PV controller to a hostPath PV on
     tmp_path; yields that directory (what the steps wrote, seen from the host)."""
     pv_name = f"artifacts-{namespace}"[:63]
-    core.create_persistent_volume(k8s.V1PersistentVolume(
-        metadata=k8s.V1ObjectMeta(name=pv_name),
-        spec=k8s.V1PersistentVolumeSpec(
-            capacity={"storage": "10Gi"}, access_modes=["ReadWriteMany"], storage_class_name="",
-            persistent_volume_reclaim_policy="Retain", host_path=k8s.V1HostPathVolumeSource(path=str(tmp_path)),
-            claim_ref=k8s.V1ObjectReference(namespace=namespace, name="qfleet-artifacts"))))
-    core.create_namespaced_persistent_volume_claim(namespace, k8s.V1PersistentVolumeClaim(
-        metadata=k8s.V1ObjectMeta(name="qfleet-artifacts"),
-        spec=k8s.V1PersistentVolumeClaimSpec(access_modes=["ReadWriteMany"], storage_class_name="",
-                                             volume_name=pv_name, resources=k8s.V1VolumeResourceRequirements(
-                                                 requests={"storage": "10Gi"}))))
-    kube.wait_for(core.list_namespaced_persistent_volume_claim,
-                  lambda c: c.metadata.name == "qfleet-artifacts" and c.status.phase == "Bound", 30,
-                  "the artifacts claim to bind", namespace=namespace)
+    kube.bind_artifacts_claim(core.api_client, namespace, "qfleet-artifacts", pv_name, tmp_path, size="10Gi",
+                              timeout=30)
     yield tmp_path
     core.delete_persistent_volume(pv_name)

@@ -23,7 +23,7 @@ from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
 from localfleet import binaries, kube
-from localfleet.operator_process import free_port
+from localfleet.operator_process import from_chart
 from localfleet.processes import wait_until
 from qfleet.api import GROUP, PLURAL, VERSION
 from tests.integration.test_pipeline import condition, model
@@ -104,28 +104,22 @@ def test_operator_with_the_charts_service_account_runs_the_pipeline(
         assert {r for rule in cluster_role.rules for r in rule.resources} == {"customresourcedefinitions", "nodes"}
 
     manifest = list(yaml.safe_load_all(helm(fleet, "get", "manifest", release, "-n", namespace).stdout))
-    deployment = next(d for d in manifest if d and d["kind"] == "Deployment")
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
-    port = free_port()
-    args = [a.replace(":8080/", f":{port}/").replace("0.0.0.0", "127.0.0.1") for a in container["args"]]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    container = next(d for d in manifest if d and d["kind"] == "Deployment")["spec"]["template"]["spec"][
+        "containers"][0]
     assert container["command"][0] == "kopf"
     kubeconfig = kube.service_account_kubeconfig(fleet.kubeconfig, api, namespace, f"{release}-qfleet",
                                                  tmp_path / "sa-kubeconfig")
     log_path = tmp_path / "kopf.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", *container["command"], *args, "--verbose"],
-                                   stdout=log, stderr=subprocess.STDOUT,
-                                   env={**_environ(), **env, "KUBECONFIG": str(kubeconfig),
-                                        "QFLEET_RECONCILE_INTERVAL": "1"})
+    operator, liveness = from_chart(manifest, kubeconfig, log_path)
+    operator.start()
     try:
-        wait_until("the operator's liveness endpoint", lambda: urllib.request.urlopen(
-            f"http://127.0.0.1:{port}/healthz", timeout=2).status == 200, 30, process=process, log=log_path)
+        wait_until("the operator's liveness endpoint", lambda: urllib.request.urlopen(liveness, timeout=2).status
+                   == 200, 30, process=operator.process, log=log_path)
         objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, model())
         try:
             wait_until("llama: Evaluated=True", lambda: condition(objects.get_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL, "llama"), "Evaluated").get("status") == "True", 90,
-                interval=0.5, process=process, log=log_path)
+                interval=0.5, process=operator.process, log=log_path)
         except Exception:
             print(log_path.read_text(errors="replace")[-6000:])
             raise
@@ -137,12 +131,7 @@ def test_operator_with_the_charts_service_account_runs_the_pipeline(
         assert "qfleet.io/finalizer" in done["metadata"]["finalizers"]
         assert_plugin_shows_the_timeline(fleet, namespace)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        operator.stop()
     # Nothing was refused, except (namespaced install) Kopf's attempt to list namespaces, which it answers by
     # falling back to the one namespace it was given. A 403 for writing into a namespace that an earlier test is
     # still deleting ("is being terminated") is the namespace lifecycle, not RBAC.
