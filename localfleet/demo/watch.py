@@ -51,8 +51,9 @@ def sample_of(document: Mapping[str, Any], story: str, t: float) -> Sample:
     revision = status.get("revision") or {}
     canary = status.get("canary") or {}
     analysis = canary.get("lastAnalysis") or {}
-    if not canary and status.get("history"):
-        # A promotion or a rollback ends the canary status; its deciding interval is in the history entry.
+    if not canary and status.get("history") and status["history"][-1].get("revision") == revision.get("current"):
+        # A promotion or a rollback of the current revision ended the canary status; its deciding interval is in
+        # that revision's history entry (an older entry belongs to the story before).
         analysis = status["history"][-1].get("analysis") or {}
     gates = {g["name"]: g for g in analysis.get("gates") or []}
     return Sample(t=round(t, 1), story=story, phase=status.get("phase"), stable=revision.get("stable"),

@@ -1,0 +1,50 @@
+"""The demo's pure parts: status samples (what the live table and the plots read) and the report's analysis rows."""
+from __future__ import annotations
+
+from localfleet.demo import report
+from localfleet.demo.stories import StoryResult
+from localfleet.demo.watch import sample_of
+
+ANALYSIS = {"at": "2026-11-24T02:00:00Z", "verdict": "Abort", "requests": 1,
+            "gates": [{"name": "fallbackRate", "value": "1", "max": "0.1", "verdict": "Abort"}]}
+
+
+def model(current: str, canary: dict | None, history: list[dict]) -> dict:
+    return {"status": {"phase": "Canary" if canary else "RolledBack",
+                       "revision": {"current": current, "stable": "s1", "canary": current if canary else None},
+                       "canary": canary, "history": history}}
+
+
+def test_a_finished_canary_is_read_from_its_own_history_entry_only() -> None:
+    ended = sample_of(model("c2", None, [{"revision": "c2", "outcome": "RolledBack", "analysis": ANALYSIS}]), "x", 5)
+    assert (ended.verdict, ended.gates["fallbackRate"], ended.bounds["fallbackRate"]) == ("Abort", 1.0, 0.1)
+    # The next revision's pipeline: the last entry belongs to the revision before, not to this one.
+    next_one = sample_of(model("c3", None, [{"revision": "c2", "outcome": "RolledBack", "analysis": ANALYSIS}]),
+                         "y", 6)
+    assert next_one.verdict is None and next_one.gates["fallbackRate"] is None
+
+
+def test_each_interval_is_shown_at_the_weight_it_judged() -> None:
+    running = model("c2", {"step": 0, "weight": "1"}, [])
+    samples = [sample_of(running, "x", 1),
+               sample_of(model("c2", None, [{"revision": "c2", "outcome": "RolledBack", "analysis": ANALYSIS}]),
+                         "x", 2)]
+    rows = report._analyses(samples)
+    assert [(r.weight, r.verdict) for r in rows] == [(1.0, "Abort")]
+
+
+def test_the_report_is_written_from_the_samples(tmp_path) -> None:
+    running = model("c2", {"step": 0, "weight": "1"}, [])
+    samples = [sample_of(running, "x", 1),
+               sample_of(model("c2", None, [{"revision": "c2", "outcome": "RolledBack", "analysis": ANALYSIS}]),
+                         "x", 2)]
+    result = StoryResult("x", "a story", started=0, finished=3, passed=True, summary="rolled back")
+    path = report.write(tmp_path, [result], samples, {"c2": {"kvCache": "fp8", "bytesPerToken": 11530.0,
+                                                             "requests": 3.0}},
+                        {"cpus": "2", "python": "Python 3", "platform": "Linux", "started": "t", "seconds": "3"},
+                        passed=True, short=True)
+    text = path.read_text()
+    assert "| 2 | 1% | Abort | 1 | no data | 1 (max 0.1) | no data |" in text
+    assert "| c2 | fp8 | 11,530 | 3 |" in text
+    assert all((tmp_path / name).read_bytes()[:4] == b"\x89PNG" for name in ("weights.png", "gates.png",
+                                                                              "capacity.png"))
