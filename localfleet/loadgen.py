@@ -146,6 +146,10 @@ class SteadyTraffic:
     def failed_reports(self) -> list[dict]:
         return [r.as_dict() for r in self.reports if r.errors]
 
+    def latencies(self) -> Report:
+        """Every successful request's latency so far, in one Report (for its percentiles)."""
+        return Report(latencies=[x for r in self.reports for x in r.latencies])
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localfleet.loadgen", description=__doc__,

@@ -330,12 +330,10 @@ class _Traffic:
 
     def __exit__(self, *_) -> None:
         self.traffic.stop()
-        latencies = sorted(x for r in self.traffic.reports for x in r.latencies)
+        latencies = self.traffic.latencies()
         self.result.traffic = {
             "from": round(self.began, 1), "to": round(self.recorder.now(), 1), "sent": self.traffic.sent(),
-            "failed": self.traffic.failures(),
-            "p50": latencies[len(latencies) // 2] if latencies else None,
-            "p99": latencies[min(len(latencies) - 1, int(0.99 * (len(latencies) - 1)))] if latencies else None,
+            "failed": self.traffic.failures(), "p50": latencies.percentile(0.5), "p99": latencies.percentile(0.99),
         }
 
 
