@@ -2,8 +2,9 @@
 estimate (value, confidence bounds, sample sizes) made from the answers.
 
 Pure: the queries are strings, the answers plain numbers and bucket lists. The step window runs from the step's start
-(kept in status, so a restarted operator reads the same window) to now and carries Pass and Fail; the interval window
-is the last analysis interval and carries only the fast abort signal of gates with `abortAbove`.
+(kept in status, so a restarted operator reads the same window; after `analysis.warmup`) to now and carries Pass and
+Fail; the interval window is the last analysis interval and carries only the fast abort signal of gates with
+`abortAbove`.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ def key(window: str, gate: str, part: str) -> str:
     return f"{window}/{gate}/{part}"
 
 
-def step_seconds(step_started_at: datetime, now: datetime) -> int:
-    """The step window's length: whole seconds since the step started, at least one."""
-    return max(1, math.ceil((now - step_started_at) / timedelta(seconds=1)))
+def step_seconds(since: datetime, now: datetime) -> int:
+    """The step window's length: whole seconds since its evidence started, at least one."""
+    return max(1, math.ceil((now - since) / timedelta(seconds=1)))
 
 
 def queries(bounds: Sequence[GateBound], step: Window, interval: Window) -> Queries:
