@@ -17,6 +17,7 @@ import kopf
 
 from qfleet import kube, prom, telemetry
 from qfleet.api.group import GROUP, PLURAL, VERSION
+from qfleet.api.spec import DEFAULT_RUNTIME_IMAGE
 from qfleet.manifests.names import LABEL_MODEL, MANAGED_BY
 from qfleet.pipeline import Decision, Observed, decide
 from qfleet.pipeline.release import ACTION_ANNOTATION, Measured
@@ -24,6 +25,8 @@ from qfleet.pipeline.release import ACTION_ANNOTATION, Measured
 PREFIX = "qfleet.io"
 RECONCILE_INTERVAL = float(os.environ.get("QFLEET_RECONCILE_INTERVAL", "10"))
 METRICS_PORT = int(os.environ.get("QFLEET_METRICS_PORT", "0"))
+RUNTIME_IMAGE = os.environ.get("QFLEET_RUNTIME_IMAGE") or DEFAULT_RUNTIME_IMAGE
+"""The default of spec.runtime.image (the chart's runtime.image)."""
 NAMESPACED = os.environ.get("QFLEET_NAMESPACED", "") == "true"
 """Set by the chart with clusterScoped=false: the Role grants no right to list namespaces, and Kopf's namespace
 scanning would retry that list for about a minute before serving the namespaces it was given."""
@@ -122,7 +125,7 @@ def _reconcile(body: kopf.Body, qfleet_jobs: kopf.Index, qfleet_pods: kopf.Index
         spec=spec, status=_plain(body.get("status", {})), jobs=jobs,
         nodes=[kube.node_view(node) for node in qfleet_nodes.get("nodes", [])],
         now=datetime.datetime.now(datetime.UTC), deployments=deployments, route=route,
-        action=(meta.get("annotations") or {}).get(ACTION_ANNOTATION))
+        action=(meta.get("annotations") or {}).get(ACTION_ANNOTATION), runtime_image=RUNTIME_IMAGE)
     decision = decide(observed)
     request = decision.release.measure
     if request is not None:
@@ -133,21 +136,23 @@ def _reconcile(body: kopf.Body, qfleet_jobs: kopf.Index, qfleet_pods: kopf.Index
             logger.warning("Prometheus query %s failed: %s", query, error)
         decision = decide(dataclasses.replace(observed, measured=Measured(measured.values, measured.errors)))
     _apply_children(api, namespace, decision, qfleet_services)
-    if decision.status == observed.status:
-        return "unchanged"
-    with telemetry.api_call("replace_status"):
-        written = kube.replace_status(api, _plain(body), decision.status)
-    if not written:
-        logger.info("Status of QuantizedModel %s/%s changed meanwhile; the next visit recomputes it", namespace, name)
-        return "conflict"
-    _count(decision)
-    if decision.release.action_done:
+    outcome = "unchanged"
+    if decision.status != observed.status:
+        with telemetry.api_call("replace_status"):
+            written = kube.replace_status(api, _plain(body), decision.status)
+        if not written:
+            logger.info("Status of QuantizedModel %s/%s changed meanwhile; the next visit recomputes it",
+                        namespace, name)
+            return "conflict"
+        _count(decision)
+        outcome = "updated"
+    if decision.release.action_done and observed.action is not None:
         with telemetry.api_call("remove_annotation"):
-            kube.remove_annotation(api, namespace, name, ACTION_ANNOTATION)
+            kube.remove_annotation(api, namespace, name, ACTION_ANNOTATION, observed.action)
     for event in decision.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
         telemetry.TRANSITIONS.labels(event.reason, event.type).inc()
-    return "updated"
+    return outcome
 
 
 def _apply_children(api: Any, namespace: str, decision: Decision, services: kopf.Index) -> None:

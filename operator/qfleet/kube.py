@@ -54,17 +54,18 @@ def job_view(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> JobVi
     terminated = [t for t in terminated if t is not None]
     terminated.sort(key=lambda t: t.get("finishedAt") or "")
     last = terminated[-1] if terminated else {}
-    name = job["metadata"]["name"]
+    name, uid = job["metadata"]["name"], job["metadata"].get("uid")
     if "Complete" in conditions or "SuccessCriteriaMet" in conditions:
         succeeded = [t for t in terminated if t.get("exitCode") == 0]
         done = conditions.get("Complete") or conditions.get("SuccessCriteriaMet") or {}
         return JobView(name, JobState.SUCCEEDED, parse_summary((succeeded or [last])[-1].get("message")),
-                       finished_at=(job.get("status") or {}).get("completionTime") or done.get("lastTransitionTime"))
+                       finished_at=(job.get("status") or {}).get("completionTime") or done.get("lastTransitionTime"),
+                       uid=uid)
     if "Failed" in conditions or "FailureTarget" in conditions:
         failed = conditions.get("Failed") or conditions.get("FailureTarget") or {}
         return JobView(name, JobState.FAILED, parse_summary(last.get("message")), _failure(failed, last),
-                       finished_at=failed.get("lastTransitionTime"))
-    return JobView(name, JobState.RUNNING, waiting=_waiting(pods))
+                       finished_at=failed.get("lastTransitionTime"), uid=uid)
+    return JobView(name, JobState.RUNNING, waiting=_waiting(pods), uid=uid)
 
 
 def _waiting(pods: Iterable[Mapping[str, Any]]) -> str:
@@ -256,7 +257,17 @@ def set_route_rules(api: k8s.ApiClient, namespace: str, name: str, rules: list[d
         _request_timeout=REQUEST_TIMEOUT, _content_type=JSON_PATCH)
 
 
-def remove_annotation(api: k8s.ApiClient, namespace: str, name: str, key: str) -> None:
-    k8s.CustomObjectsApi(api).patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"annotations": {key: None}}},
-        _request_timeout=REQUEST_TIMEOUT, _content_type=MERGE_PATCH)
+def remove_annotation(api: k8s.ApiClient, namespace: str, name: str, key: str, value: str) -> bool:
+    """Removes the annotation only while it still holds `value` (a JSON-patch `test`): an action a person wrote
+    meanwhile is kept for the next visit. Returns False when it changed or is gone."""
+    path = "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
+    try:
+        k8s.CustomObjectsApi(api).patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name,
+            [{"op": "test", "path": path, "value": value}, {"op": "remove", "path": path}],
+            _request_timeout=REQUEST_TIMEOUT, _content_type=JSON_PATCH)
+    except ApiException as error:
+        if error.status in (404, 409, 422):
+            return False
+        raise
+    return True

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     kvquant.install(model)
     layers = measure.num_layers(model)
 
-    amax, scales = _calibrated_amax(artifacts, candidate_name, layers)
+    amax, scales = _calibrated_amax(Path(args.calibration or args.artifacts), candidate_name, layers)
     candidate_plans = {i: kvquant.LayerPlan(candidate_name, *(amax[i] if amax else (None, None)))
                        for i in range(layers)}
     generator = torch.Generator(device=torch_device).manual_seed(1234)

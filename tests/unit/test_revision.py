@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from qfleet.api import parse_spec
+from qfleet.api.spec import DEFAULT_RUNTIME_IMAGE
 from qfleet.revision import artifact_fields, revision_of
 
 BASE: dict[str, Any] = {
@@ -16,7 +17,7 @@ BASE: dict[str, Any] = {
     "quantization": {"weights": "nvfp4", "kvCache": "nvfp4"},
     "engine": {"maxSeqLen": 65536, "kvCacheFreeGpuMemoryFraction": "0.9"},
     "nodePool": {"gpusPerReplica": 8, "nodeSelector": {"nvidia.com/gpu.family": "blackwell"}},
-    "serving": {"image": "nvcr.io/nvidia/tritonserver:25.08-trtllm-python-py3", "replicas": 4},
+    "serving": {"image": "ghcr.io/qfleet/qfleet-runtime:0.1.0", "replicas": 4},
     "artifacts": {"uri": "pvc://qfleet-artifacts/llama"},
 }
 BASE_REVISION = revision_of(parse_spec(BASE))
@@ -50,6 +51,25 @@ EDIT_CASES = [
     EditCase("GPUs per replica: the engine's world size", _set("nodePool.gpusPerReplica", 4), True),
     EditCase("tensor parallel below the GPU count", _set("engine.tensorParallel", 4), True),
     EditCase("runtime environment (a fault switch)", _set("runtime.env", [{"name": "QFLEET_FAULT_STEP", "value": "evaluate"}]), True),
+    EditCase("serving image (an engine is bound to its engine version)",
+             _set("serving.image", "ghcr.io/qfleet/qfleet-runtime:0.2.0"), True),
+    EditCase("runtime image (calibration, build and evaluation run in it)",
+             _set("runtime.image", "ghcr.io/qfleet/qfleet-runtime:0.2.0"), True),
+    EditCase("the operator's default runtime image written out", _set("runtime.image", DEFAULT_RUNTIME_IMAGE), False),
+    EditCase("calibration dataset", _set("quantization.calibration.dataset", "wikitext"), True),
+    EditCase("layer fallback", _set("quantization.layerFallback", {"maxLayerKL": "0.05"}), True),
+    EditCase("KV ladder order under auto", lambda spec: spec["quantization"].update(
+        kvCache="auto", kvCacheLadder=["nvfp4", "fp8"]), True),
+    EditCase("engine backend", _set("engine.backend", "qfleet-python"), True),
+    EditCase("engine batch size", _set("engine.maxBatchSize", 128), True),
+    EditCase("engine token budget", _set("engine.maxNumTokens", 16384), True),
+    EditCase("serving image left out: the runtime image it defaults to", lambda spec: spec["serving"].pop("image"),
+             False),
+    EditCase("serving resources", _set("serving.resources", {"limits": {"memory": "64Gi"}}), False),
+    EditCase("quality sample share", _set("serving.qualitySampleShare", "0.5"), False),
+    EditCase("tolerations", _set("nodePool.tolerations", [{"key": "gpu", "operator": "Exists"}]), False),
+    EditCase("analysis interval", _set("rollout.analysis.interval", "1m"), False),
+    EditCase("traffic routing", _set("rollout.trafficRouting", {"replicas": {}}), False),
     EditCase("canary steps", _set("rollout.steps", [{"weight": 5}, {"weight": 100}]), False),
     EditCase("gates", _set("rollout.analysis.gates.fallbackRate", {"max": "0.01"}), False),
     EditCase("manual pause", _set("rollout.paused", True), False),
@@ -90,6 +110,7 @@ def test_revision_is_ten_hex_digits_and_stable() -> None:
 def test_artifact_fields_name_exactly_what_is_hashed() -> None:
     fields = artifact_fields(parse_spec(BASE))
 
-    assert set(fields) == {"model", "quantization", "engine", "gpusPerReplica", "runtimeEnv"}
+    assert set(fields) == {"model", "quantization", "engine", "gpusPerReplica", "runtimeEnv", "runtimeImage",
+                           "servingImage"}
     assert fields["model"] == {"uri": "hf://meta-llama/Llama-3.3-70B-Instruct", "revision": "main"}
     assert fields["engine"]["tensorParallel"] == 8
