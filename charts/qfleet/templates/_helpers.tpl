@@ -47,6 +47,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
+{{/* The runtime image: the default of every model's spec.runtime.image (and through it spec.serving.image). */}}
+{{- define "qfleet.runtimeImage" -}}
+{{- printf "%s:%s" .Values.runtime.image.repository (default .Chart.AppVersion .Values.runtime.image.tag) -}}
+{{- end -}}
+
 {{/*
 The operator's RBAC rules, the one place they are written. Called with a dict:
   scope: "all"       every rule (ClusterRole, clusterScoped: true)
