@@ -1,10 +1,12 @@
 """The capacity planner: how many tokens of KV cache fit in one replica, for every KV format.
 
 Memory model (docs/formats.md): a replica has `gpus_per_replica x memory` bytes; the weights take
-`parameters x bytes_per_parameter`; the KV cache gets `kv_memory_fraction` of what is left (the
-meaning of TensorRT-LLM's `kv_cache_free_gpu_mem_fraction`); the rest is for activations and the
-runtime. KV bytes per token are `2 x layers x kv_heads x head_dim x bytes_per_element`; with tensor
-parallelism wider than the KV heads every GPU keeps at least one head, so heads are replicated.
+`parameters x bytes_per_parameter` (or the checkpoint's exact size when it is in the planned format);
+the KV cache gets `kv_memory_fraction` of what is left (the meaning of TensorRT-LLM's
+`kv_cache_free_gpu_mem_fraction`); the rest is for activations and the runtime. What one sequence
+keeps is summed over the shape's layer groups (`qfleet.shapes.CacheGroup`): full-attention and latent
+layers hold every token, sliding-window layers at most their window, state layers one state.
+Tensor parallelism splits heads (a tp wider than the heads replicates them) but never a latent.
 Pure: no I/O, no clock, exact fractions until the final floor.
 """
 
@@ -23,24 +25,56 @@ from qfleet.formats import (
     format_compute_capability,
 )
 from qfleet.gpus import GPU
-from qfleet.shapes import ModelShape
+from qfleet.shapes import STATE_BYTES_PER_VALUE, CacheGroup, CacheKind, ModelShape
 
 DEFAULT_KV_MEMORY_FRACTION = Fraction(9, 10)
 
 
-def kv_bytes_per_token(shape: ModelShape, kv_format: KvFormat) -> Fraction:
-    """Bytes one token's keys and values take in the cache, over all layers."""
-    return 2 * shape.num_layers * shape.num_key_value_heads * shape.head_dim * kv_format.bytes_per_element
+def head_bytes(group: CacheGroup, kv_format: KvFormat) -> Fraction:
+    """Bytes one head of `group` keeps per token (per sequence for a state): each vector quantized
+    with its own block scales, a state in bfloat16."""
+    if not group.quantized:
+        return Fraction(group.values_per_head * STATE_BYTES_PER_VALUE)
+    return sum((kv_format.vector_bytes(values) for values in group.vectors), Fraction(0))
+
+
+def kv_bytes_per_sequence(
+    shape: ModelShape, kv_format: KvFormat, sequence_length: int, tensor_parallel: int = 1
+) -> Fraction:
+    """Bytes one sequence of `sequence_length` tokens keeps in a replica's cache, every GPU's copies included."""
+    return sum(
+        (
+            group.layers
+            * group.stored_heads(tensor_parallel)
+            * head_bytes(group, kv_format)
+            * group.tokens_held(sequence_length)
+            for group in shape.cache
+        ),
+        Fraction(0),
+    )
+
+
+def kv_bytes_per_token(shape: ModelShape, kv_format: KvFormat, sequence_length: int | None = None) -> Fraction:
+    """The model's KV bytes per token, over all layers.
+
+    With `sequence_length`: averaged over a sequence that long (window layers hold at most their
+    window, states count once per sequence). Without: what one token adds to every attention layer,
+    as in a sequence shorter than every window (states left out). The two agree for full attention.
+    """
+    if sequence_length is not None:
+        return kv_bytes_per_sequence(shape, kv_format, sequence_length) / sequence_length
+    return sum(
+        (group.layers * group.heads * head_bytes(group, kv_format) for group in shape.cache if not group.per_sequence),
+        Fraction(0),
+    )
 
 
 def weight_bytes(shape: ModelShape, weights: WeightFormat) -> int:
-    """Bytes of the weights when every parameter is stored in `weights` (rounded up)."""
+    """Bytes of the weights: the checkpoint's exact size when it is stored in `weights`, else every
+    parameter in `weights` (rounded up)."""
+    if shape.checkpoint is not None and shape.checkpoint.weight_format == weights.name:
+        return shape.checkpoint.total_bytes
     return math.ceil(shape.parameter_count * weights.bytes_per_parameter)
-
-
-def stored_kv_heads(num_key_value_heads: int, tensor_parallel: int) -> int:
-    """KV heads a replica stores: each of `tensor_parallel` GPUs holds ceil(heads / tp) of them."""
-    return tensor_parallel * math.ceil(num_key_value_heads / tensor_parallel)
 
 
 @dataclass(frozen=True)
@@ -64,14 +98,14 @@ class FormatCapacity:
 
     kv_format: KvFormat
     kv_bytes_per_token: Fraction
+    """The model's bytes per token, averaged over a sequence of the plan's length (no TP copies)."""
+    kv_bytes_per_token_per_gpu: Fraction
+    """What each GPU of the replica stores per token: TP copies included, layers spread over the GPUs."""
+    saving_vs_baseline: Fraction
+    """Share of the bf16 bytes per token this format saves (0.71875 for nvfp4 on an attention-only model)."""
     tokens_per_replica: int
     sequences_per_replica: int
     runs_on_gpu: bool
-
-    @property
-    def saving_vs_baseline(self) -> Fraction:
-        """Fraction of the bf16 per-token bytes this format saves (0.71875 for nvfp4)."""
-        return 1 - self.kv_format.bytes_per_element / KV_FORMATS[BASELINE_KV_FORMAT].bytes_per_element
 
 
 @dataclass(frozen=True)
@@ -119,9 +153,8 @@ def plan_capacity(
     tensor_parallel = gpus_per_replica if tensor_parallel is None else tensor_parallel
     _check_inputs(gpus_per_replica, tensor_parallel, kv_memory_fraction, sequence_length)
     memory = _replica_memory(shape, gpu, weights, gpus_per_replica, kv_memory_fraction)
-    heads = stored_kv_heads(shape.num_key_value_heads, tensor_parallel)
     rows = tuple(
-        _format_capacity(shape, kv_format, heads, memory, sequence_length, gpu)
+        _format_capacity(shape, kv_format, memory, sequence_length, tensor_parallel, gpus_per_replica, gpu)
         for kv_format in (KV_FORMATS.values() if kv_formats is None else kv_formats)
     )
     return CapacityPlan(
@@ -134,7 +167,7 @@ def plan_capacity(
         sequence_length=sequence_length,
         memory=memory,
         formats=rows,
-        warnings=tuple(_warnings(shape, gpu, weights, gpus_per_replica, tensor_parallel, heads, memory)),
+        warnings=tuple(_warnings(shape, gpu, weights, gpus_per_replica, tensor_parallel, memory)),
     )
 
 
@@ -158,14 +191,23 @@ def _replica_memory(shape: ModelShape, gpu: GPU, weights: WeightFormat, gpus: in
 
 
 def _format_capacity(
-    shape: ModelShape, kv_format: KvFormat, heads: int, memory: ReplicaMemory, sequence_length: int, gpu: GPU
+    shape: ModelShape,
+    kv_format: KvFormat,
+    memory: ReplicaMemory,
+    sequence_length: int,
+    tensor_parallel: int,
+    gpus: int,
+    gpu: GPU,
 ) -> FormatCapacity:
-    per_token = kv_bytes_per_token(shape, kv_format)
-    stored_per_token = per_token * heads / shape.num_key_value_heads
-    tokens = math.floor(memory.kv_cache_bytes / stored_per_token)
+    stored_per_sequence = kv_bytes_per_sequence(shape, kv_format, sequence_length, tensor_parallel)
+    per_token = kv_bytes_per_token(shape, kv_format, sequence_length)
+    baseline = kv_bytes_per_token(shape, KV_FORMATS[BASELINE_KV_FORMAT], sequence_length)
+    tokens = math.floor(memory.kv_cache_bytes * sequence_length / stored_per_sequence)
     return FormatCapacity(
         kv_format=kv_format,
         kv_bytes_per_token=per_token,
+        kv_bytes_per_token_per_gpu=stored_per_sequence / sequence_length / gpus,
+        saving_vs_baseline=1 - per_token / baseline,
         tokens_per_replica=tokens,
         sequences_per_replica=tokens // sequence_length,
         runs_on_gpu=kv_format.runs_on(gpu.compute_capability),
@@ -173,13 +215,7 @@ def _format_capacity(
 
 
 def _warnings(
-    shape: ModelShape,
-    gpu: GPU,
-    weights: WeightFormat,
-    gpus: int,
-    tensor_parallel: int,
-    heads: int,
-    memory: ReplicaMemory,
+    shape: ModelShape, gpu: GPU, weights: WeightFormat, gpus: int, tensor_parallel: int, memory: ReplicaMemory
 ) -> list[str]:
     found = []
     if not memory.weights_fit:
@@ -193,12 +229,30 @@ def _warnings(
             f"{format_compute_capability(weights.min_compute_capability)}; {gpu.name} has "
             f"{format_compute_capability(gpu.compute_capability)}"
         )
-    if heads != shape.num_key_value_heads:
-        found.append(
-            f"tensor parallel {tensor_parallel} is wider than the {shape.num_key_value_heads} KV heads: "
-            f"each GPU keeps a copy, so a replica stores {heads} heads per layer"
-        )
+    found += [note for group in shape.cache if (note := _copies(group, tensor_parallel))]
     return found
+
+
+def _copies(group: CacheGroup, tensor_parallel: int) -> str | None:
+    """Why a replica stores more than one copy of some of `group`'s cache, if it does."""
+    stored = group.stored_heads(tensor_parallel)
+    if stored == group.heads:
+        return None
+    if group.kind is CacheKind.LATENT:
+        return (
+            f"tensor parallelism does not split the MLA latent: each of the {tensor_parallel} GPUs of a layer "
+            f"keeps all of it, so a replica stores it {tensor_parallel} times (data-parallel attention would not)"
+        )
+    heads = "state heads" if group.per_sequence else "KV heads"
+    if tensor_parallel > group.heads:
+        return (
+            f"tensor parallel {tensor_parallel} is wider than the {group.heads} {heads}: each GPU keeps a copy, "
+            f"so a replica stores {stored} heads per layer"
+        )
+    return (
+        f"tensor parallel {tensor_parallel} does not divide the {group.heads} {heads}: some GPUs keep copies, "
+        f"so a replica stores {stored} heads per layer"
+    )
 
 
 def _gib(size: int) -> str:

@@ -22,8 +22,10 @@ class KvFormat:
     name: str
     description: str
     bits_per_element: int
-    scale_bytes_per_element: Fraction
-    """Block or tensor scales, amortised per stored value (per-tensor scales count as 0)."""
+    scale_block: int | None
+    """Values that share one block scale along a cached vector; None for per-tensor scales (they count as 0)."""
+    scale_bytes: int
+    """Bytes of one block scale (0 without block scales)."""
     min_compute_capability: ComputeCapability
     modelopt_config: str | None
     """The `modelopt.torch.quantization` KV preset that calibrates it, if ModelOpt has one."""
@@ -34,8 +36,18 @@ class KvFormat:
     """Whether `spec.quantization.kvCache` may name it; the others are comparison rows."""
 
     @property
+    def scale_bytes_per_element(self) -> Fraction:
+        return Fraction(self.scale_bytes, self.scale_block) if self.scale_block else Fraction(0)
+
+    @property
     def bytes_per_element(self) -> Fraction:
         return Fraction(self.bits_per_element, 8) + self.scale_bytes_per_element
+
+    def vector_bytes(self, values: int) -> Fraction:
+        """Bytes of one cached vector of `values` values: a block never spans two vectors, so a
+        partial last block still carries a whole scale."""
+        blocks = -(-values // self.scale_block) if self.scale_block else 0
+        return Fraction(values * self.bits_per_element, 8) + blocks * self.scale_bytes
 
     def runs_on(self, compute_capability: ComputeCapability) -> bool:
         return compute_capability >= self.min_compute_capability
@@ -62,7 +74,8 @@ KV_FORMATS: dict[str, KvFormat] = {
             name="bf16",
             description="bfloat16, the unquantized baseline",
             bits_per_element=16,
-            scale_bytes_per_element=Fraction(0),
+            scale_block=None,
+            scale_bytes=0,
             min_compute_capability=(8, 0),
             modelopt_config=None,
             trtllm_kv_cache_quant_algo=None,
@@ -73,7 +86,8 @@ KV_FORMATS: dict[str, KvFormat] = {
             name="fp8",
             description="FP8 E4M3 with one FP32 scale per tensor (scale = amax / 448)",
             bits_per_element=8,
-            scale_bytes_per_element=Fraction(0),
+            scale_block=None,
+            scale_bytes=0,
             min_compute_capability=(8, 9),
             modelopt_config="FP8_KV_CFG",
             trtllm_kv_cache_quant_algo="FP8",
@@ -85,7 +99,8 @@ KV_FORMATS: dict[str, KvFormat] = {
             description="INT8 with one scale per tensor; ModelOpt has no INT8 KV preset, "
             "TensorRT-LLM's quantize.py (--kv_cache_dtype int8) calibrates it",
             bits_per_element=8,
-            scale_bytes_per_element=Fraction(0),
+            scale_block=None,
+            scale_bytes=0,
             min_compute_capability=(8, 0),
             modelopt_config=None,
             trtllm_kv_cache_quant_algo="INT8",
@@ -96,7 +111,8 @@ KV_FORMATS: dict[str, KvFormat] = {
             name="nvfp4",
             description="FP4 E2M1 with one E4M3 scale per 16 values (plus one FP32 scale per tensor)",
             bits_per_element=4,
-            scale_bytes_per_element=Fraction(1, 16),
+            scale_block=16,
+            scale_bytes=1,
             min_compute_capability=(10, 0),
             modelopt_config="NVFP4_KV_CFG",
             trtllm_kv_cache_quant_algo="NVFP4",
@@ -108,7 +124,8 @@ KV_FORMATS: dict[str, KvFormat] = {
             description="OCP MX FP4 E2M1 with one E8M0 scale per 32 values; no KV path in "
             "ModelOpt or TensorRT-LLM, listed for comparison",
             bits_per_element=4,
-            scale_bytes_per_element=Fraction(1, 32),
+            scale_block=32,
+            scale_bytes=1,
             min_compute_capability=(10, 0),
             modelopt_config=None,
             trtllm_kv_cache_quant_algo=None,

@@ -46,7 +46,8 @@ def test_stored_bytes_per_token_are_the_planners(fmt: str) -> None:
     shape = known_shape(SMOLLM)
     assert shape is not None
     tokens = 64
-    x = kv_like(tokens, shape.num_key_value_heads, shape.head_dim)
+    (attention,) = shape.cache
+    x = kv_like(tokens, attention.heads, attention.vectors[0])
     per_layer = sum(kvstore.pack(t, fmt, 8.0).nbytes for t in (x, x))  # K and V
     measured = Fraction(per_layer * shape.num_layers, tokens)
     assert measured == kv_bytes_per_token(shape, kv_format(fmt))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -21,12 +22,12 @@ Replica   8 x B200 (179.06 GiB each, compute capability 10.0), tensor parallel 8
 Memory    1.4 TiB in all; nvfp4 weights 36.96 GiB; KV cache 0.9 of the rest = 1.23 TiB
 Sequence  65,536 tokens (SEQUENCES: how many fit in the KV cache at once)
 
-KV FORMAT  BYTES/VALUE  KV/TOKEN  VS BF16  TOKENS/REPLICA  SEQUENCES  ON B200  NOTE
-bf16                 2  320 KiB   -             4,115,589         62  yes
-fp8                  1  160 KiB   -50%          8,231,178        125  yes
-int8                 1  160 KiB   -50%          8,231,178        125  yes
-nvfp4           0.5625  90 KiB    -71.88%      14,633,206        223  yes      requested
-mxfp4          0.53125  85 KiB    -73.44%      15,493,983        236  yes      comparison only
+KV FORMAT  BYTES/VALUE  KV/TOKEN  PER GPU    VS BF16  TOKENS/REPLICA  SEQUENCES  ON B200  NOTE
+bf16                 2  320 KiB   40 KiB     -             4,115,589         62  yes
+fp8                  1  160 KiB   20 KiB     -50%          8,231,178        125  yes
+int8                 1  160 KiB   20 KiB     -50%          8,231,178        125  yes
+nvfp4           0.5625  90 KiB    11.25 KiB  -71.88%      14,633,206        223  yes      requested
+mxfp4          0.53125  85 KiB    10.62 KiB  -73.44%      15,493,983        236  yes      comparison only
 
 nvfp4 stores 43.75% less than fp8 per token, not 50%: every 16 values share a one-byte scale.
 """
@@ -216,3 +217,111 @@ def test_number_helpers() -> None:
     assert percent(Fraction(7, 16)) == "43.75%"
     assert parameter_count(70_553_706_496) == "70.55B"
     assert parameter_count(134_515_008) == "134.52M"
+
+
+@dataclass(frozen=True)
+class FamilyCase:
+    reason: str
+    config: str
+    gpus: int
+    sequence_length: int
+    kv_bytes_per_token: dict[str, int | str]
+    per_gpu: dict[str, int | str]
+    parameters: int
+
+
+# One model per attention kind, from its config.json alone; bytes worked out by hand.
+FAMILY_CASES = [
+    FamilyCase(
+        "MLA: 61 layers x (512 + 64) latent values; TP 8 copies it to every GPU",
+        "deepseek-r1.json",
+        8,
+        8192,
+        {"bf16": 61 * 576 * 2, "fp8": 61 * 576, "nvfp4": 61 * (288 + 36)},
+        {"bf16": 61 * 576 * 2 * 8 // 8, "nvfp4": 61 * (288 + 36) * 8 // 8},
+        671_026_419_200,
+    ),
+    FamilyCase(
+        "sliding window: 18 full layers hold 8192 tokens, 18 hold 128",
+        "gpt-oss-120b.json",
+        8,
+        8192,
+        {"bf16": (18 * 8192 + 18 * 128) * 2 * 8 * 64 * 2 // 8192, "fp8": (18 * 8192 + 18 * 128) * 2 * 8 * 64 // 8192},
+        {"bf16": (18 * 8192 + 18 * 128) * 2 * 8 * 64 * 2 // 8192 // 8},
+        116_829_156_672,
+    ),
+    FamilyCase(
+        "hybrid: 12 attention layers grow, 36 Gated DeltaNet layers keep one bf16 state each",
+        "qwen3-next-80b-a3b-instruct.json",
+        1,
+        16384,
+        {
+            "bf16": (12 * 2 * 2 * 256 * 2 * 16384 + 36 * 32 * 17152 * 2) // 16384,
+            "fp8": (12 * 2 * 2 * 256 * 16384 + 36 * 32 * 17152 * 2) // 16384,
+        },
+        {"fp8": (12 * 2 * 2 * 256 * 16384 + 36 * 32 * 17152 * 2) // 16384},
+        79_674_391_296,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", FAMILY_CASES, ids=lambda case: case.config)
+def test_plan_from_a_config_alone_for_each_attention_kind(
+    capsys: pytest.CaptureFixture[str], case: FamilyCase
+) -> None:
+    code, out, err = run(
+        capsys,
+        "plan",
+        "--model",
+        str(HF_CONFIGS / case.config),
+        "--gpu",
+        "B200",
+        "--gpus-per-replica",
+        str(case.gpus),
+        "--seq-len",
+        str(case.sequence_length),
+        "-o",
+        "json",
+    )
+
+    assert (code, err) == (0, "")
+    plan = json.loads(out)
+    rows = {row["name"]: row for row in plan["formats"]}
+    assert plan["model"]["parameterCount"] == case.parameters
+    assert {name: rows[name]["kvBytesPerToken"] for name in case.kv_bytes_per_token} == case.kv_bytes_per_token
+    assert {name: rows[name]["kvBytesPerTokenPerGpu"] for name in case.per_gpu} == case.per_gpu
+
+
+def test_a_checkpoint_directory_plans_with_its_exact_weight_bytes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "config.json").write_text((HF_CONFIGS / "deepseek-r1.json").read_text())
+    index = {"metadata": {"total_size": 688_586_727_753}, "weight_map": {"lm_head.weight": "model-00163.safetensors"}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+
+    code, out, _ = run(capsys, "plan", "--model", str(tmp_path), "--gpu", "B200", "-o", "json")
+
+    plan = json.loads(out)
+    assert code == 0
+    assert (plan["weights"], plan["memory"]["weightBytes"]) == ("fp8", 688_586_727_753)
+
+
+def test_a_directory_without_config_json_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "plan", "--model", str(tmp_path), "--gpu", "B200")
+
+    assert code == 2
+    assert "without a config.json" in err
+
+
+def test_an_unknown_attention_kind_is_refused_naming_its_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "plan", "--model", str(HF_CONFIGS / "jamba-v0.1.json"), "--gpu", "B200")
+
+    assert (code, out) == (2, "")
+    assert "keys it could not interpret: model_type, attn_layer_period, attn_layer_offset, mamba_d_state" in err
+
+
+def test_the_table_describes_each_layer_group(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run(capsys, "plan", "--model", str(HF_CONFIGS / "gemma-3-27b-it.json"), "--gpu", "B200")
+
+    assert "10 full-attention layers (16 KV heads, head dim 128) + 52 sliding-window layers (window 1,024" in out
+    assert "KV/TOKEN averages one 8,192-token sequence: sliding-window layers keep at most their window." in out

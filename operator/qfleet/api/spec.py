@@ -28,7 +28,7 @@ from qfleet.api.values import (
     WeightFormatName,
 )
 from qfleet.formats import AUTO
-from qfleet.shapes import ModelShape, known_shape
+from qfleet.shapes import ModelShape, dense_shape, known_shape
 
 MAX_GPUS_PER_REPLICA = 72
 """One GB200 NVL72 rack."""
@@ -53,7 +53,7 @@ class ModelShapeSpec(SpecObject):
     parameter_count: ParameterCount = Field(examples=['"70.6e9"'])
 
     def to_shape(self) -> ModelShape:
-        return ModelShape(
+        return dense_shape(
             num_layers=self.num_layers,
             num_key_value_heads=self.num_key_value_heads,
             head_dim=self.head_dim,

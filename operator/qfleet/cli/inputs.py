@@ -1,4 +1,5 @@
-"""What `qfleet plan` plans for: read from a QuantizedModel YAML or a Hugging Face config.json."""
+"""What `qfleet plan` plans for: a QuantizedModel YAML, a Hugging Face config.json, or a checkpoint
+directory holding config.json and (optionally) model.safetensors.index.json."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import json
+
 import yaml
 
 from qfleet.api import KIND, QuantizedModel, parse_document
 from qfleet.capacity import DEFAULT_KV_MEMORY_FRACTION
-from qfleet.formats import WeightFormat, weight_format
-from qfleet.shapes import KNOWN_SHAPES, ModelShape, ShapeError, shape_from_hf_config
+from qfleet.formats import WEIGHT_FORMATS, WeightFormat, weight_format
+from qfleet.shapes import KNOWN_SHAPES, ModelShape, ShapeError, checkpoint_weight_format, shape_from_hf_config
 
 DEFAULT_SEQUENCE_LENGTH = 8192
 
@@ -35,15 +38,21 @@ class PlanInput:
     """KV formats the spec asks for (the ladder, best first, for `auto`); empty for a config.json."""
 
 
+CHECKPOINT_INDEX = "model.safetensors.index.json"
+
+
 def load_plan_input(path: Path, *, parameter_count: int | None = None) -> PlanInput:
-    """Read `path`: a QuantizedModel document, or a Hugging Face config.json."""
+    """Read `path`: a QuantizedModel document, a Hugging Face config.json, or a directory with both
+    config.json and the checkpoint's index (whose `metadata.total_size` gives the exact weight bytes)."""
+    if path.is_dir():
+        return _from_checkpoint_directory(path, parameter_count)
     document = _load_single_document(path)
     if document.get("kind") == KIND:
         return _from_quantized_model(parse_document(document))
-    if "num_hidden_layers" in document:
-        return _from_hf_config(path, document, parameter_count)
+    if "num_hidden_layers" in document or "model_type" in document:
+        return _from_hf_config(path, document, parameter_count, checkpoint_bytes=None)
     raise PlanInputError(
-        f"{path} is neither a QuantizedModel (kind: {KIND}) nor a Hugging Face config.json (num_hidden_layers)"
+        f"{path} is neither a QuantizedModel (kind: {KIND}) nor a Hugging Face config.json (model_type)"
     )
 
 
@@ -81,15 +90,38 @@ def _from_quantized_model(model: QuantizedModel) -> PlanInput:
     )
 
 
-def _from_hf_config(path: Path, config: dict[str, Any], parameter_count: int | None) -> PlanInput:
+def _from_checkpoint_directory(directory: Path, parameter_count: int | None) -> PlanInput:
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise PlanInputError(f"{directory} is a directory without a config.json")
+    config = _load_single_document(config_path)
+    index_path = directory / CHECKPOINT_INDEX
+    checkpoint_bytes = _total_size(index_path) if index_path.is_file() else None
+    return _from_hf_config(directory, config, parameter_count, checkpoint_bytes)
+
+
+def _total_size(index_path: Path) -> int:
     try:
-        shape = shape_from_hf_config(config, parameter_count)
+        total = json.loads(index_path.read_text())["metadata"]["total_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise PlanInputError(f"{index_path} has no metadata.total_size") from None
+    if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+        raise PlanInputError(f"{index_path}: metadata.total_size must be a positive number of bytes, got {total!r}")
+    return total
+
+
+def _from_hf_config(
+    path: Path, config: dict[str, Any], parameter_count: int | None, checkpoint_bytes: int | None
+) -> PlanInput:
+    try:
+        shape = shape_from_hf_config(config, parameter_count, checkpoint_bytes)
     except ShapeError as exc:
         raise PlanInputError(f"{path}: {exc}") from None
+    stored = checkpoint_weight_format(config)
     return PlanInput(
         source=str(path),
         shape=shape,
-        weights=weight_format("bf16"),
+        weights=weight_format(stored if stored in WEIGHT_FORMATS else "bf16"),
         gpus_per_replica=1,
         tensor_parallel=None,
         kv_memory_fraction=DEFAULT_KV_MEMORY_FRACTION,

@@ -2,6 +2,7 @@
 
 qfleet plan --model examples/llama-70b-nvfp4.yaml --gpu B200
 qfleet plan --model config.json --gpu H100 --gpus-per-replica 2 --seq-len 32768 -o json
+qfleet plan --model ./DeepSeek-V3/ --gpu B200 --gpus-per-replica 8   (config.json + model.safetensors.index.json)
 """
 
 from __future__ import annotations
@@ -31,7 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="How many tokens of KV cache fit in one serving replica, for every KV-cache format.",
     )
     plan.add_argument(
-        "--model", required=True, type=Path, metavar="FILE", help="a QuantizedModel YAML, or a Hugging Face config.json"
+        "--model",
+        required=True,
+        type=Path,
+        metavar="PATH",
+        help="a QuantizedModel YAML, a Hugging Face config.json, or a checkpoint directory holding config.json "
+        "and model.safetensors.index.json (exact weight bytes)",
     )
     plan.add_argument("--gpu", required=True, metavar="GPU", help=f"one of {', '.join(GPUS)}")
     plan.add_argument(
@@ -53,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="tokens per sequence (default: spec.engine.maxSeqLen, or 8192)",
     )
     plan.add_argument(
-        "--weights", choices=tuple(WEIGHT_FORMATS), help="weight format (default: spec.quantization.weights, or bf16)"
+        "--weights",
+        choices=tuple(WEIGHT_FORMATS),
+        help="weight format (default: spec.quantization.weights, the checkpoint's own format, or bf16)",
     )
     plan.add_argument(
         "--kv-memory-fraction",
@@ -66,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--parameters",
         type=_positive_int,
         metavar="N",
-        help="parameter count, for a config.json whose architecture qfleet cannot count",
+        help="parameter count, instead of the one qfleet computes from config.json",
     )
     plan.add_argument("-o", "--output", choices=("table", "json"), default="table", help="output format")
     return parser

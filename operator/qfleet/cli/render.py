@@ -9,6 +9,7 @@ from typing import Any
 
 from qfleet.capacity import CapacityPlan, FormatCapacity
 from qfleet.formats import format_compute_capability
+from qfleet.shapes import CacheGroup, CacheKind, ModelShape
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
@@ -44,7 +45,37 @@ def _trim(text: str) -> str:
 
 
 def _number(value: Fraction) -> int | str:
-    return int(value) if value.denominator == 1 else exact_decimal(value)
+    return int(value) if value.denominator == 1 else _exact(value)
+
+
+def _exact(value: Fraction) -> str:
+    """The exact decimal, or 'numerator/denominator' where the decimal would repeat."""
+    denominator = value.denominator
+    for factor in (2, 5):
+        while denominator % factor == 0:
+            denominator //= factor
+    return exact_decimal(value) if denominator == 1 else str(value)
+
+
+def describe_cache(shape: ModelShape) -> str:
+    """'80 layers, 8 KV heads, head dim 128' for a full-attention model, else one phrase per layer group."""
+    if len(shape.cache) == 1 and shape.cache[0].kind is CacheKind.FULL:
+        group = shape.cache[0]
+        return f"{group.layers} layers, {group.heads} KV heads, head dim {group.vectors[0]}"
+    return " + ".join(_describe_group(group) for group in shape.cache)
+
+
+def _describe_group(group: CacheGroup) -> str:
+    if group.kind is CacheKind.LATENT:
+        latent, rope = group.vectors
+        return f"{group.layers} MLA layers (latent {latent} + rope key {rope} per token, not split by TP)"
+    if group.kind is CacheKind.STATE:
+        state = f"{group.heads} state heads, {group.values_per_head:,} values each"
+        return f"{group.layers} linear-attention layers ({state})"
+    heads = f"{group.heads} KV heads, head dim {group.vectors[0]}"
+    if group.kind is CacheKind.SLIDING:
+        return f"{group.layers} sliding-window layers (window {group.window:,}, {heads})"
+    return f"{group.layers} full-attention layers ({heads})"
 
 
 def render_table(plan: CapacityPlan, source: str, requested: Sequence[str] = ()) -> str:
@@ -53,8 +84,7 @@ def render_table(plan: CapacityPlan, source: str, requested: Sequence[str] = ())
     header = [
         (
             "Model",
-            f"{source}: {shape.num_layers} layers, {shape.num_key_value_heads} KV heads, "
-            f"head dim {shape.head_dim}, {parameter_count(shape.parameter_count)} parameters",
+            f"{source}: {describe_cache(shape)}, {parameter_count(shape.parameter_count)} parameters",
         ),
         (
             "Replica",
@@ -86,6 +116,7 @@ def _rows(plan: CapacityPlan, requested: Sequence[str]) -> list[tuple[str, ...]]
             "KV FORMAT",
             "BYTES/VALUE",
             "KV/TOKEN",
+            "PER GPU",
             "VS BF16",
             "TOKENS/REPLICA",
             "SEQUENCES",
@@ -99,6 +130,7 @@ def _rows(plan: CapacityPlan, requested: Sequence[str]) -> list[tuple[str, ...]]
                 row.kv_format.name,
                 exact_decimal(row.kv_format.bytes_per_element),
                 format_bytes(row.kv_bytes_per_token),
+                format_bytes(row.kv_bytes_per_token_per_gpu),
                 "-" if row.saving_vs_baseline == 0 else f"-{percent(row.saving_vs_baseline)}",
                 f"{row.tokens_per_replica:,}",
                 f"{row.sequences_per_replica:,}",
@@ -121,7 +153,7 @@ def _note(row: FormatCapacity, requested: Sequence[str]) -> str:
 
 
 def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
-    numeric = {1, 4, 5}
+    numeric = {1, 5, 6}
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     lines = []
     for row in rows:
@@ -136,13 +168,33 @@ def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
 def _notes(plan: CapacityPlan) -> list[str]:
     notes = []
     names = {row.kv_format.name: row for row in plan.formats}
+    notes += _cache_notes(plan)
     if "nvfp4" in names and "fp8" in names:
         saving = 1 - names["nvfp4"].kv_bytes_per_token / names["fp8"].kv_bytes_per_token
+        states = any(group.per_sequence for group in plan.shape.cache)
         notes.append(
-            f"nvfp4 stores {percent(saving)} less than fp8 per token, not 50%: every 16 values share a one-byte scale."
+            f"nvfp4 stores {percent(saving)} less than fp8 per token, not 50%: every 16 values share a one-byte scale"
+            + (", and the states stay in bf16." if states else ".")
         )
     notes += [f"Warning: {warning}." for warning in plan.warnings]
     return ["", *notes] if notes else []
+
+
+def _cache_notes(plan: CapacityPlan) -> list[str]:
+    kinds = {group.kind for group in plan.shape.cache}
+    notes = []
+    held = []
+    if CacheKind.SLIDING in kinds:
+        held.append("sliding-window layers keep at most their window")
+    if CacheKind.STATE in kinds:
+        held.append("linear-attention layers one bf16 state per sequence, whatever the KV format")
+    if held:
+        notes.append(f"KV/TOKEN averages one {plan.sequence_length:,}-token sequence: {'; '.join(held)}.")
+    if CacheKind.LATENT in kinds:
+        notes.append(
+            "MLA: the latent and the rope key are both stored in the KV format, each scaled in blocks of its own."
+        )
+    return notes
 
 
 def plan_as_json(plan: CapacityPlan, source: str, requested: Sequence[str] = ()) -> dict[str, Any]:
@@ -152,8 +204,7 @@ def plan_as_json(plan: CapacityPlan, source: str, requested: Sequence[str] = ())
         "model": {
             "source": source,
             "numLayers": shape.num_layers,
-            "numKeyValueHeads": shape.num_key_value_heads,
-            "headDim": shape.head_dim,
+            "cache": [_group_as_json(group) for group in shape.cache],
             "parameterCount": shape.parameter_count,
         },
         "gpu": {
@@ -179,9 +230,10 @@ def plan_as_json(plan: CapacityPlan, source: str, requested: Sequence[str] = ())
                 "name": row.kv_format.name,
                 "bytesPerValue": exact_decimal(row.kv_format.bytes_per_element),
                 "kvBytesPerToken": _number(row.kv_bytes_per_token),
+                "kvBytesPerTokenPerGpu": _number(row.kv_bytes_per_token_per_gpu),
                 "tokensPerReplica": row.tokens_per_replica,
                 "sequencesPerReplica": row.sequences_per_replica,
-                "savingVsBf16": exact_decimal(row.saving_vs_baseline),
+                "savingVsBf16": _exact(row.saving_vs_baseline),
                 "runsOnGpu": row.runs_on_gpu,
                 "selectable": row.kv_format.selectable,
                 "requested": row.kv_format.name in requested,
@@ -190,3 +242,17 @@ def plan_as_json(plan: CapacityPlan, source: str, requested: Sequence[str] = ())
         ],
         "warnings": list(plan.warnings),
     }
+
+
+def _group_as_json(group: CacheGroup) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "kind": group.kind.name.lower(),
+        "layers": group.layers,
+        "heads": group.heads,
+        "vectors": list(group.vectors),
+        "perSequence": group.per_sequence,
+        "splitByTensorParallel": group.split_by_tensor_parallel,
+    }
+    if group.window is not None:
+        entry["window"] = group.window
+    return entry
