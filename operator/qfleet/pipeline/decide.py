@@ -8,6 +8,7 @@ with nothing new returns the status unchanged.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -364,7 +365,7 @@ def _plan(visit: _Visit, admission: Admission) -> None:
                              kv_memory_fraction=Fraction(str(spec.engine.kv_cache_free_gpu_memory_fraction)),
                              sequence_length=spec.engine.max_seq_len, kv_formats=[kv_format(admission.kv_format)])
         row = plan.for_format(admission.kv_format)
-        capacity.update(kvBytesPerToken=int(row.kv_bytes_per_token), maxTokensPerReplica=row.tokens_per_replica,
+        capacity.update(kvBytesPerToken=math.ceil(row.kv_bytes_per_token), maxTokensPerReplica=row.tokens_per_replica,
                         sequencesPerReplica=row.sequences_per_replica,
                         message="; ".join(plan.warnings) or None)
     status.capacity = CapacityStatus.model_validate(capacity)
