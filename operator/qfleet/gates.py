@@ -1,8 +1,10 @@
-"""Gate verdicts from measured values: what one analysis interval says about the canary.
+"""Gate verdicts from what the canary has shown: each gate's estimate with its sample sizes and confidence bounds.
 
-Pure: measurements come in as numbers (or None for "no data"); the bounds come from the spec, with a step's own
-gates replacing the rollout's gates of the same name. No data, or fewer requests than `minRequests`, is
-Inconclusive: a gate never passes on silence.
+Pure: estimates come in as plain data (`qfleet.evidence` makes them from Prometheus' answers); the bounds come from the
+spec, with a step's own gates replacing the rollout's gates of the same name. A gate judges only with the evidence it
+needs (`minSamples`), passes only when its upper confidence bound is within `max`, fails only when its lower bound is
+above `max`, and aborts when its lower bound is above `abortAbove`. Everything else is Inconclusive, with what is
+missing in the message: a gate never passes on silence, on a handful of requests, or on a value it is not sure of.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from qfleet.api.conditions import Verdict
-from qfleet.api.rollout_spec import Analysis, Gate, Step
+from qfleet.api.rollout_spec import Analysis, Gate, SampledGate, Step
 
 P99_LATENCY_RATIO = "p99LatencyRatio"
 FALLBACK_RATE = "fallbackRate"
@@ -24,6 +26,22 @@ _FIELDS = {P99_LATENCY_RATIO: "p99_latency_ratio", FALLBACK_RATE: "fallback_rate
            KV_CACHE_HIT_RATE_DROP: "kv_cache_hit_rate_drop"}
 _SEVERITY = {Verdict.PASS: 0, Verdict.INCONCLUSIVE: 1, Verdict.FAIL: 2, Verdict.ABORT: 3}
 
+LATENCY_QUANTILE = 0.99
+DEFAULT_MIN_SAMPLES = {
+    # Five requests expected above the p99 on each side: fewer, and the p99 is the slowest request or two.
+    P99_LATENCY_RATIO: 500,
+    # Ten fallbacks expected at the default bound of 0.5%: enough for the rate's upper bound to come under it.
+    FALLBACK_RATE: 2000,
+    # Enough scored requests on each side for the normal interval on the difference of means to hold.
+    QUALITY_DROP: 100,
+}
+SAMPLE_UNITS = {P99_LATENCY_RATIO: "requests", FALLBACK_RATE: "KV tokens", QUALITY_DROP: "scored requests"}
+
+STEP_WINDOW = "step"
+"""Evidence from the step's start (the canary's start for the first step) up to now: what Pass and Fail rest on."""
+INTERVAL_WINDOW = "interval"
+"""The last analysis interval only: the fast abort signal, which never waits for the step's evidence to add up."""
+
 
 @dataclass(frozen=True)
 class GateBound:
@@ -32,28 +50,83 @@ class GateBound:
     abort_above: Decimal | None = None
     query: str | None = None
     """A custom gate's PromQL (with {{revision}} placeholders); built-in gates use the documented defaults."""
+    min_samples: int | None = None
+    """Samples (SAMPLE_UNITS) needed on each side before the gate judges; None for gates without counted samples."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A gate's value over one window, how sure it is, and what it rests on. Without bounds (custom gates, the
+    prefix-cache gate) the value is judged as it is; an infinite upper bound is a tail the histogram cannot bound."""
+
+    value: Decimal | None
+    lower: Decimal | None = None
+    upper: Decimal | None = None
+    canary_samples: int | None = None
+    stable_samples: int | None = None
+    """None when the gate reads the canary alone (the fallback rate)."""
+
+    @property
+    def interval(self) -> str:
+        return "" if self.lower is None or self.upper is None else f"[{text(self.lower)}, {text(self.upper)}]"
+
+
+def text(number: Decimal) -> str:
+    """A value as status and messages write it: plain digits, or +Inf for a bound the data cannot give."""
+    if number.is_infinite():
+        return "+Inf" if number > 0 else "-Inf"
+    return format(number.normalize(), "f")
 
 
 @dataclass(frozen=True)
 class GateVerdict:
     name: str
-    value: Decimal | None
+    estimate: Estimate
     bound: GateBound
     verdict: Verdict
+    window: str = STEP_WINDOW
+
+    @property
+    def value(self) -> Decimal | None:
+        return self.estimate.value
 
     @property
     def explanation(self) -> str:
+        value = "" if self.value is None else text(self.value)
+        shown = " ".join(part for part in (self.name, value, self.estimate.interval) if part)
+        if self.verdict is Verdict.ABORT:
+            return f"{shown} is above its abort bound {self.bound.abort_above}" + (
+                " over the last interval" if self.window == INTERVAL_WINDOW else "")
+        if self.verdict is Verdict.FAIL:
+            return f"{shown} is above its bound {self.bound.max}"
+        if self.verdict is Verdict.PASS:
+            return f"{shown} is within {self.bound.max}"
         if self.value is None:
             return f"{self.name}: no data"
-        if self.verdict is Verdict.ABORT:
-            return f"{self.name} {self.value} is above its abort bound {self.bound.abort_above}"
-        if self.verdict is Verdict.FAIL:
-            return f"{self.name} {self.value} is above its bound {self.bound.max}"
-        return f"{self.name} {self.value} is within {self.bound.max}"
+        if self.missing:
+            return f"{self.name}: {self.missing}"
+        return f"{shown} straddles its bound {self.bound.max}: not yet sure"
+
+    @property
+    def missing(self) -> str:
+        """The samples the gate still lacks ('' when it has them)."""
+        needed, estimate = self.bound.min_samples, self.estimate
+        if needed is None or estimate.canary_samples is None:
+            return ""
+        sides = [("canary", estimate.canary_samples)]
+        if estimate.stable_samples is not None:
+            sides.append(("stable", estimate.stable_samples))
+        if all(count >= needed for _, count in sides):
+            return ""
+        unit = SAMPLE_UNITS.get(self.name, "samples")
+        counts = " and ".join(f"{count:,} {side}" for side, count in sides)
+        return f"{counts} {unit}, needs {needed:,}" + (" of each" if len(sides) > 1 else "")
 
 
 @dataclass(frozen=True)
 class IntervalVerdict:
+    """One analysis: the worst gate's verdict over the step's evidence (or an abort over the last interval)."""
+
     verdict: Verdict
     gates: tuple[GateVerdict, ...]
     requests: int | None
@@ -67,7 +140,11 @@ class IntervalVerdict:
 
 
 def _bound(name: str, gate: Gate, query: str | None = None) -> GateBound:
-    return GateBound(name, gate.max, gate.abort_above, query)
+    min_samples = None
+    if name in DEFAULT_MIN_SAMPLES:
+        given = gate.min_samples if isinstance(gate, SampledGate) else None
+        min_samples = given or DEFAULT_MIN_SAMPLES[name]
+    return GateBound(name, gate.max, gate.abort_above, query, min_samples)
 
 
 def effective_gates(analysis: Analysis, step: Step | None = None) -> list[GateBound]:
@@ -92,29 +169,44 @@ def effective_interval(analysis: Analysis, step: Step | None = None) -> timedelt
     return analysis.interval
 
 
-def judge_gate(bound: GateBound, value: Decimal | None) -> GateVerdict:
-    if value is None:
-        verdict = Verdict.INCONCLUSIVE
-    elif bound.abort_above is not None and value > bound.abort_above:
-        verdict = Verdict.ABORT
-    elif value > bound.max:
-        verdict = Verdict.FAIL
-    else:
-        verdict = Verdict.PASS
-    return GateVerdict(bound.name, value, bound, verdict)
+def judge_gate(bound: GateBound, estimate: Estimate | None, window: str = STEP_WINDOW) -> GateVerdict:
+    estimate = estimate or Estimate(None)
+    verdict = GateVerdict(bound.name, estimate, bound, Verdict.INCONCLUSIVE, window)
+    if estimate.value is None or (window == STEP_WINDOW and verdict.missing):
+        return verdict
+    lower = estimate.value if estimate.lower is None else estimate.lower
+    upper = estimate.value if estimate.upper is None else estimate.upper
+    if bound.abort_above is not None and lower > bound.abort_above:
+        return GateVerdict(bound.name, estimate, bound, Verdict.ABORT, window)
+    if window == INTERVAL_WINDOW:
+        return verdict
+    if lower > bound.max:
+        return GateVerdict(bound.name, estimate, bound, Verdict.FAIL, window)
+    if upper <= bound.max:
+        return GateVerdict(bound.name, estimate, bound, Verdict.PASS, window)
+    return verdict
 
 
-def judge_interval(bounds: list[GateBound], measured: Mapping[str, Decimal | None], requests: int | None,
-                   min_requests: int) -> IntervalVerdict:
-    """One interval's verdict: the worst gate's (Abort > Fail > Inconclusive > Pass). With fewer canary requests than
-    min_requests the interval is Inconclusive whatever the gates say, except that an abort bound still aborts: a
-    canary too broken to serve traffic must not hide behind its own silence."""
-    gates = tuple(judge_gate(bound, measured.get(bound.name)) for bound in bounds)
+def judge_analysis(bounds: list[GateBound], step: Mapping[str, Estimate], interval: Mapping[str, Estimate],
+                   requests: int | None, min_requests: int) -> IntervalVerdict:
+    """The verdict of one analysis: each gate judged on the step's evidence, and a gate with an abort bound also on the
+    last interval alone (an abort there wins: a fast signal never waits for the step). The worst gate decides (Abort >
+    Fail > Inconclusive > Pass). With fewer canary requests in the step than min_requests the analysis is
+    Inconclusive whatever the gates say, except that an abort still aborts: a canary too broken to serve traffic must
+    not hide behind its own silence."""
+    gates = []
+    for bound in bounds:
+        verdict = judge_gate(bound, step.get(bound.name))
+        if bound.abort_above is not None and verdict.verdict is not Verdict.ABORT:
+            recent = judge_gate(bound, interval.get(bound.name), INTERVAL_WINDOW)
+            verdict = recent if recent.verdict is Verdict.ABORT else verdict
+        gates.append(verdict)
     worst = max((g.verdict for g in gates), key=_SEVERITY.__getitem__, default=Verdict.INCONCLUSIVE)
     if worst is not Verdict.ABORT and (requests is None or requests < min_requests):
-        seen = "no request count" if requests is None else f"{requests} canary requests"
-        return IntervalVerdict(Verdict.INCONCLUSIVE, gates, requests,
-                               f"{seen} in the window, fewer than minRequests {min_requests}")
+        seen = "no request count" if requests is None else f"{requests:,} canary requests"
+        unsure = [g.explanation for g in gates if g.verdict is Verdict.INCONCLUSIVE]
+        return IntervalVerdict(Verdict.INCONCLUSIVE, tuple(gates), requests, "; ".join(
+            [f"{seen} since the step started, fewer than minRequests {min_requests:,}", *unsure]))
     message = "; ".join(g.explanation for g in gates if g.verdict is worst) if worst is not Verdict.PASS \
-        else "every gate passed"
-    return IntervalVerdict(worst, gates, requests, message)
+        else "every gate passed: " + "; ".join(g.explanation for g in gates)
+    return IntervalVerdict(worst, tuple(gates), requests, message)

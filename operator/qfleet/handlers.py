@@ -130,11 +130,12 @@ def _reconcile(body: kopf.Body, qfleet_jobs: kopf.Index, qfleet_pods: kopf.Index
     request = decision.release.measure
     if request is not None:
         with telemetry.api_call("prometheus_query"):
-            measured = prom.measure(request.address, request.queries)
+            measured = prom.measure(request.address, request.queries, request.histograms)
         for query, error in measured.errors.items():
             telemetry.API_ERRORS.labels("prometheus_query", "none").inc()
             logger.warning("Prometheus query %s failed: %s", query, error)
-        decision = decide(dataclasses.replace(observed, measured=Measured(measured.values, measured.errors)))
+        decision = decide(dataclasses.replace(observed, measured=Measured(measured.values, measured.histograms,
+                                                                          measured.errors)))
     _apply_children(api, namespace, decision, qfleet_services)
     outcome = "unchanged"
     if decision.status != observed.status:

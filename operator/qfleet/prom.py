@@ -1,4 +1,5 @@
-"""The one module that talks to Prometheus: instant queries through prometheus-api-client, as numbers or None."""
+"""The one module that talks to Prometheus: instant queries through prometheus-api-client, as numbers (or counts by
+bucket) or None."""
 
 from __future__ import annotations
 
@@ -14,23 +15,47 @@ QUERY_TIMEOUT_SECONDS = 10
 @dataclass(frozen=True)
 class Measurements:
     values: dict[str, Decimal | None]
+    histograms: dict[str, list[tuple[float, Decimal]] | None] = field(default_factory=dict)
+    """Per histogram query, (le, count) of every bucket it returned."""
     errors: dict[str, str] = field(default_factory=dict)
     """Per query, why there is no value (unreachable Prometheus, a bad query); no data at all is not an error."""
 
 
-def measure(address: str, queries: dict[str, str], timeout: float = QUERY_TIMEOUT_SECONDS) -> Measurements:
+def measure(address: str, queries: dict[str, str], histograms: dict[str, str] | None = None,
+            timeout: float = QUERY_TIMEOUT_SECONDS) -> Measurements:
     """Runs each query; a query that returns nothing, NaN or infinity (e.g. 0/0 with no traffic) has the value None,
-    and so does every query when Prometheus cannot be reached: the gates then read Inconclusive."""
+    and so does every query when Prometheus cannot be reached: the gates then read Inconclusive. A histogram query
+    (`sum by (le)`) gives its buckets, or None when it returns none."""
     client = PrometheusConnect(url=address, disable_ssl=True, timeout=timeout)
     values: dict[str, Decimal | None] = {}
+    buckets: dict[str, list[tuple[float, Decimal]] | None] = {}
     errors: dict[str, str] = {}
-    for name, query in queries.items():
+    unreachable = None
+    for into, read, asked in ((values, _number, queries), (buckets, _buckets, histograms or {})):
+        for name, query in asked.items():
+            into[name] = None
+            if unreachable is not None:  # an analysis asks some twenty queries: one timeout is enough
+                errors[name] = unreachable
+                continue
+            try:
+                into[name] = read(client.custom_query(query))
+            except PrometheusApiClientException as error:
+                errors[name] = f"{type(error).__name__}: {str(error)[:300]}"
+            except requests.RequestException as error:
+                errors[name] = unreachable = f"{type(error).__name__}: {str(error)[:300]}"
+    return Measurements(values, buckets, errors)
+
+
+def _buckets(result: list[dict]) -> list[tuple[float, Decimal]] | None:
+    found = []
+    for sample in result:
         try:
-            values[name] = _number(client.custom_query(query))
-        except (PrometheusApiClientException, requests.RequestException) as error:
-            values[name] = None
-            errors[name] = f"{type(error).__name__}: {str(error)[:300]}"
-    return Measurements(values, errors)
+            le, count = float(sample["metric"]["le"]), Decimal(sample["value"][1])
+        except (InvalidOperation, KeyError, IndexError, TypeError, ValueError):
+            continue
+        if count.is_finite():
+            found.append((le, count))
+    return found or None
 
 
 def _number(result: list[dict]) -> Decimal | None:

@@ -1,7 +1,10 @@
-"""Default PromQL for each gate, comparing the canary with the stable revision over the same window.
+"""PromQL for the gates, comparing the canary with the stable revision over the same window.
 
-Pure: a query is a string built from the model, namespace, both revisions and the window. A custom gate's query
-may use the placeholders {{revision}} (the canary), {{stable}}, {{model}}, {{namespace}} and {{window}}.
+Pure: a query is a string built from the model, namespace, both revisions and the window. The built-in gates read
+counts (`increase` over the window, evaluated at now: one cheap range query however long the window) from which
+`qfleet.evidence` makes estimates with sample sizes and confidence bounds; the prefix-cache gate and custom gates are
+one value each. A custom gate's query may use the placeholders {{revision}} (the canary), {{stable}}, {{model}},
+{{namespace}} and {{window}}.
 """
 
 from __future__ import annotations
@@ -9,10 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qfleet.api import metrics as m
-from qfleet.gates import FALLBACK_RATE, KV_CACHE_HIT_RATE_DROP, P99_LATENCY_RATIO, QUALITY_DROP, GateBound
-
-REQUESTS_KEY = "requests"
-"""Not a gate: the canary's request count in the window, which minRequests is checked against."""
+from qfleet.gates import KV_CACHE_HIT_RATE_DROP
 
 
 @dataclass(frozen=True)
@@ -36,32 +36,17 @@ def _rate(window: Window, metric: str, revision: str) -> str:
     return f"sum(rate({metric}{{{window.selector(revision)}}}[{window.range}]))"
 
 
-def _p99(window: Window, revision: str) -> str:
-    return (f"histogram_quantile(0.99, sum by (le) (rate({m.REQUEST_DURATION}_bucket{{{window.selector(revision)}}}"
-            f"[{window.range}])))")
-
-
-def _mean(window: Window, histogram: str, revision: str) -> str:
-    return f"({_rate(window, histogram + '_sum', revision)} / {_rate(window, histogram + '_count', revision)})"
-
-
 def _hit_rate(window: Window, revision: str) -> str:
     hits = _rate(window, m.PREFIX_CACHE_HITS, revision)
     return f"({hits} / ({hits} + {_rate(window, m.PREFIX_CACHE_MISSES, revision)}))"
 
 
 def default_query(gate: str, window: Window) -> str:
-    """The built-in gates: p99 ratio canary/stable; fallback rate of the canary; live quality drop as the fall in
-    top-1 agreement with BF16 (stable minus canary); prefix-cache hit-rate drop (stable minus canary)."""
-    if gate == P99_LATENCY_RATIO:
-        return f"{_p99(window, window.canary)} / {_p99(window, window.stable)}"
-    if gate == FALLBACK_RATE:
-        return f"{_rate(window, m.KV_FALLBACK_TOKENS, window.canary)} / {_rate(window, m.KV_TOKENS, window.canary)}"
-    if gate == QUALITY_DROP:
-        return f"{_mean(window, m.QUALITY_TOP1, window.stable)} - {_mean(window, m.QUALITY_TOP1, window.canary)}"
+    """A gate judged on one value: the prefix-cache hit-rate drop (stable minus canary). The other built-in gates are
+    judged from counts (`count`, `bucket_counts`) by `qfleet.evidence`."""
     if gate == KV_CACHE_HIT_RATE_DROP:
         return f"{_hit_rate(window, window.stable)} - {_hit_rate(window, window.canary)}"
-    raise KeyError(f"no default query for gate {gate!r}")
+    raise KeyError(f"no single-value query for gate {gate!r}")
 
 
 def render_custom(template: str, window: Window) -> str:
@@ -72,8 +57,11 @@ def render_custom(template: str, window: Window) -> str:
     return template
 
 
-def queries(bounds: list[GateBound], window: Window) -> dict[str, str]:
-    """Every gate's query for this window, plus the canary's request count."""
-    result = {b.name: render_custom(b.query, window) if b.query else default_query(b.name, window) for b in bounds}
-    result[REQUESTS_KEY] = f"sum(increase({m.REQUESTS}{{{window.selector(window.canary)}}}[{window.range}]))"
-    return result
+def count(window: Window, counter: str, revision: str) -> str:
+    """How much a counter (or a histogram's `_sum` or `_count`) grew over the window, for one revision."""
+    return f"sum(increase({counter}{{{window.selector(revision)}}}[{window.range}]))"
+
+
+def bucket_counts(window: Window, histogram: str, revision: str) -> str:
+    """A histogram's observations over the window by bucket (`le`, cumulative), for one revision."""
+    return f"sum by (le) (increase({histogram}_bucket{{{window.selector(revision)}}}[{window.range}]))"

@@ -96,10 +96,12 @@ def decide(rollout: Rollout, state: RolloutState, now: datetime, analysis: Inter
                                   f"{analysis.message}", Reason.ANALYSIS_FAILED)
     if analysis.verdict is Verdict.INCONCLUSIVE:
         state = replace(state, consecutive_inconclusive=state.consecutive_inconclusive + 1)
+        if limits.inconclusive_policy == "hold":
+            return _hold_for_evidence(rollout, state, step, now, analysis.message)
         if state.consecutive_inconclusive >= limits.inconclusive_limit:
             return _give_up(rollout, state, step, Reason.INCONCLUSIVE_LIMIT_REACHED,
-                            f"{state.consecutive_inconclusive} inconclusive intervals in a row: {analysis.message}")
-        return _hold(state, step, f"interval inconclusive ({state.consecutive_inconclusive}/"
+                            f"{state.consecutive_inconclusive} inconclusive analyses in a row: {analysis.message}")
+        return _hold(state, step, f"analysis inconclusive ({state.consecutive_inconclusive}/"
                                   f"{limits.inconclusive_limit}): {analysis.message}", Reason.ANALYSIS_INCONCLUSIVE)
     state = replace(state, consecutive_failures=0, consecutive_inconclusive=0)
     if step.pause is not None and now - state.step_started_at < step.pause:
@@ -114,6 +116,26 @@ def decide(rollout: Rollout, state: RolloutState, now: datetime, analysis: Inter
     weight = rollout.steps[following].weight
     return RolloutDecision(Action.ADVANCE, advanced, weight, Reason.ANALYSIS_PASSED,
                            f"step {state.step + 1} passed; step {following + 1} sends {weight}% to the canary")
+
+
+def _hold_for_evidence(rollout: Rollout, state: RolloutState, step: Step, now: datetime,
+                       missing: str) -> RolloutDecision:
+    """inconclusivePolicy hold: the weight stays while the step's evidence accumulates. Until the step's pause ends
+    that is the plan; after it, the hold is said out loud (its own reason, so an Event) with the time left before
+    maxHold rolls back, and nothing promotes without evidence."""
+    pause_ends = state.step_started_at + (step.pause or timedelta(0))
+    number = f"step {state.step + 1} ({step.weight}%)"
+    if now < pause_ends:
+        return _hold(state, step, f"gathering evidence, {number} runs {_human(pause_ends - now)} more: {missing}",
+                     Reason.ANALYSIS_INCONCLUSIVE)
+    held, max_hold = now - pause_ends, rollout.analysis.max_hold
+    if held >= max_hold:
+        return _give_up(rollout, state, step, Reason.MAX_HOLD_REACHED,
+                        f"{number} held {_human(held)} past its pause without the evidence to decide "
+                        f"(maxHold {_human(max_hold)}): {missing}")
+    return _hold(state, step, f"{number} holds past its pause until the evidence decides; rolls back in "
+                              f"{_human(max_hold - held)} (maxHold {_human(max_hold)}) unless it does: {missing}",
+                 Reason.HOLDING_FOR_EVIDENCE)
 
 
 def _hold(state: RolloutState, step: Step, message: str, reason: str = Reason.WAITING_FOR_ANALYSIS) -> RolloutDecision:

@@ -7,21 +7,28 @@ import pytest
 
 from qfleet.api import metrics
 from qfleet.api.rollout_spec import Rollout
-from qfleet.gates import BUILT_IN, effective_gates
-from qfleet.promql import REQUESTS_KEY, Window, default_query, queries, render_custom
+from qfleet.evidence import queries
+from qfleet.gates import KV_CACHE_HIT_RATE_DROP, effective_gates
+from qfleet.promql import Window, bucket_counts, count, default_query, render_custom
 
 WINDOW = Window(namespace="inference", model="llama", canary="7c1f000000", stable="52aa000000", seconds=300)
+STEP = Window(namespace="inference", model="llama", canary="7c1f000000", stable="52aa000000", seconds=259200)
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 
 
-@pytest.mark.parametrize("gate", BUILT_IN)
-def test_every_built_in_gate_compares_by_revision_labels_over_the_window(gate: str) -> None:
-    query = default_query(gate, WINDOW)
-    assert 'qfleet_io_revision="7c1f000000"' in query
-    assert 'namespace="inference"' in query and 'qfleet_io_model="llama"' in query
+def test_counts_are_increases_over_the_window_by_revision_labels() -> None:
+    assert count(WINDOW, "qfleet_requests_total", WINDOW.canary) == (
+        'sum(increase(qfleet_requests_total{namespace="inference",qfleet_io_model="llama",'
+        'qfleet_io_revision="7c1f000000"}[300s]))')
+    assert bucket_counts(STEP, "qfleet_request_duration_seconds", STEP.stable).startswith(
+        'sum by (le) (increase(qfleet_request_duration_seconds_bucket{namespace="inference",')
+    assert "[259200s]" in bucket_counts(STEP, "qfleet_request_duration_seconds", STEP.stable)
+
+
+def test_the_prefix_cache_gate_compares_both_revisions_over_the_window() -> None:
+    query = default_query(KV_CACHE_HIT_RATE_DROP, WINDOW)
+    assert 'qfleet_io_revision="7c1f000000"' in query and 'qfleet_io_revision="52aa000000"' in query
     assert "[300s]" in query
-    if gate != "fallbackRate":  # the fallback rate is the canary's own; the others compare with stable
-        assert 'qfleet_io_revision="52aa000000"' in query
 
 
 def test_custom_queries_get_their_placeholders_filled() -> None:
@@ -30,12 +37,17 @@ def test_custom_queries_get_their_placeholders_filled() -> None:
     assert rendered == 'histogram_quantile(0.95, rate(x_bucket{rev="7c1f000000",s="52aa000000"}[300s]))'
 
 
-def test_queries_cover_every_gate_and_the_request_count() -> None:
-    spec = Rollout.model_validate({"analysis": {"gates": {"custom": [{"name": "ttft", "query": "q{{model}}",
-                                                                      "max": "1"}]}}})
-    built = queries(effective_gates(spec.analysis), WINDOW)
-    assert set(built) == {"p99LatencyRatio", "fallbackRate", "qualityDrop", "ttft", REQUESTS_KEY}
-    assert built["ttft"] == "qllama"
+def test_every_gate_reads_the_step_window_and_abort_bounds_also_the_last_interval() -> None:
+    spec = Rollout.model_validate({"analysis": {"gates": {"custom": [{"name": "ttft", "query": "q{{window}}",
+                                                                      "max": "1", "abortAbove": "2"}]}}})
+    asked = queries(effective_gates(spec.analysis), STEP, WINDOW)
+    assert asked.values["step/ttft/value"] == "q259200s" and asked.values["interval/ttft/value"] == "q300s"
+    assert set(asked.histograms) == {f"{window}/{gate}/{side}" for window in ("step", "interval")
+                                     for gate in ("p99LatencyRatio", "qualityDrop") for side in ("canary", "stable")}
+    assert {"step/fallbackRate/fallback", "step/fallbackRate/tokens", "step/requests/canary"} <= set(asked.values)
+    assert not any(k.startswith("interval/fallbackRate") for k in asked.values), "no abort bound: no fast signal"
+    assert all("259200s" in q for k, q in {**asked.values, **asked.histograms}.items() if k.startswith("step/"))
+    assert all("300s" in q for k, q in {**asked.values, **asked.histograms}.items() if k.startswith("interval/"))
 
 
 def test_unknown_gate_has_no_default() -> None:
@@ -47,8 +59,10 @@ def test_every_contract_metric_is_documented_and_used_names_exist() -> None:
     text = DOCS.read_text()
     for name in metrics.ALL:
         assert f"`{name}`" in text
-    for gate in BUILT_IN:
-        for token in default_query(gate, WINDOW).replace("(", " ").replace("{", " ").split():
+    asked = queries(effective_gates(Rollout.model_validate({"analysis": {"gates": {"kvCacheHitRateDrop": {
+        "max": "0.1"}}}}).analysis), STEP, WINDOW)
+    for query in [*asked.values.values(), *asked.histograms.values()]:
+        for token in query.replace("(", " ").replace("{", " ").split():
             if token.startswith("qfleet_") and not token.startswith("qfleet_io_"):
                 base = token.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count")
                 assert base in metrics.ALL, token

@@ -16,8 +16,9 @@ from qfleet.manifests.jobs import job_name
 from qfleet.pipeline import JobState, JobView, NodeView, Observed, decide
 from qfleet.pipeline.release import SCALE_DOWN_DELAY, DeploymentView, Measured
 from qfleet.gpus import GPUS, gfd_labels
-from qfleet.promql import REQUESTS_KEY
 from qfleet.revision import revision_of
+
+from .answers import NO_DATA, Traffic, answers
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 ROUTE = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "llama-route"},
@@ -36,8 +37,10 @@ SPEC = {
     },
 }
 NVFP4 = {**copy.deepcopy(SPEC), "quantization": {"weights": "bf16", "kvCache": "nvfp4"}}
-PASSING = {"p99LatencyRatio": Decimal("1.05"), "fallbackRate": Decimal("0.001"), "qualityDrop": Decimal("0.002"),
-           REQUESTS_KEY: Decimal(120)}
+STABLE = Traffic(40000)
+PASSING = answers(Traffic(4000), STABLE)
+HOLD_THEN_ROLLBACK = {"interval": "10s", "minRequests": 10, "failureLimit": 2, "inconclusivePolicy": "rollback",
+                      "inconclusiveLimit": 2}
 
 
 def with_rollout(spec: dict, **changes: Any) -> dict:
@@ -69,7 +72,7 @@ class World:
     jobs: dict[str, JobView] = field(default_factory=dict)
     ready: bool = True
     """Deployments' pods become ready at once (False: they stay unready)."""
-    measurements: list[dict] = field(default_factory=list)
+    measurements: list[Measured] = field(default_factory=list)
     """Answers for the next analyses, in order; the last one repeats."""
     action: str | None = None
     asked: list[dict[str, str]] = field(default_factory=list)
@@ -85,7 +88,7 @@ class World:
         if decision.release.measure is not None:
             self.asked.append(decision.release.measure.queries)
             answer = self.measurements[0] if len(self.measurements) == 1 else self.measurements.pop(0)
-            decision = decide(self.observed(Measured(answer)))
+            decision = decide(self.observed(answer))
         changes = decision.release
         for manifest in changes.deployments:
             name = manifest["metadata"]["name"]
@@ -131,7 +134,7 @@ def serving_stable(spec: dict = SPEC) -> World:
     return world
 
 
-def start_canary(world: World, spec: dict = NVFP4, measurements: list[dict] | None = None) -> World:
+def start_canary(world: World, spec: dict = NVFP4, measurements: list[Measured] | None = None) -> World:
     world.spec = spec
     world.measurements = measurements or [PASSING]
     world.visit()
@@ -189,8 +192,8 @@ def test_a_healthy_canary_climbs_every_step_and_is_promoted() -> None:
     outcomes = [(h["revision"], h["outcome"]) for h in world.status["history"]]
     assert outcomes[-2:] == [(stable, "Superseded"), (canary, "Promoted")]
     deciding = world.status["history"][-1]["analysis"]  # the canary status is gone; its last interval is kept
-    assert deciding["verdict"] == "Pass" and {"name": "p99LatencyRatio", "value": "1.05", "max": "1.2",
-                                              "verdict": "Pass"} in deciding["gates"]
+    p99 = next(g for g in deciding["gates"] if g["name"] == "p99LatencyRatio")
+    assert deciding["verdict"] == "Pass" and (p99["value"], p99["max"], p99["verdict"]) == ("1", "1.2", "Pass")
     assert world.services["llama-stable"]["spec"]["selector"]["qfleet.io/revision"] == canary
     assert world.weights() == {"llama-stable": 100, "llama-canary": 0}
     assert world.replicas(canary) == 4
@@ -201,48 +204,57 @@ def test_a_healthy_canary_climbs_every_step_and_is_promoted() -> None:
     assert world.replicas(stable) == 0
 
 
-def test_every_analysis_compares_the_canary_with_the_stable_over_the_interval() -> None:
+def test_every_analysis_reads_the_step_since_it_started_and_the_last_interval_for_aborts() -> None:
     world = start_canary(serving_stable())
     world.at(1).visit()  # the canary's replicas are ready: step 1 starts
     world.at(11).visit()
-    queries = world.asked[0]
-    assert set(queries) == {"p99LatencyRatio", "fallbackRate", "qualityDrop", REQUESTS_KEY}
-    assert f'qfleet_io_revision="{revision(NVFP4)}"' in queries["p99LatencyRatio"]
-    assert f'qfleet_io_revision="{revision(SPEC)}"' in queries["p99LatencyRatio"]
-    assert "[10s]" in queries["fallbackRate"]
-    assert world.status["canary"]["lastAnalysis"]["verdict"] == "Pass"
+    world.at(21).visit()
+    first, second = world.asked[0], world.asked[1]
+    assert f'qfleet_io_revision="{revision(NVFP4)}"' in first["step/requests/canary"]
+    assert "[10s]" in first["step/fallbackRate/tokens"] and "[20s]" in second["step/fallbackRate/tokens"]
+    assert "[10s]" in second["interval/qualityDrop/canary-sum"]
+    analysis = world.status["canary"]["lastAnalysis"]
+    assert analysis["verdict"] == "Pass" and analysis["since"] == "2026-11-23T12:00:01Z"  # step 1, now past
+    p99 = next(g for g in analysis["gates"] if g["name"] == "p99LatencyRatio")
+    assert (p99["canarySamples"], p99["stableSamples"], p99["minSamples"], p99["window"]) == (4000, 40000, 500, "step")
+    assert float(p99["lower"]) <= 1 <= float(p99["upper"]) <= 1.2 and analysis["confidence"] == "0.95"
 
 
 @dataclass
 class RollbackCase:
     reason: str
-    measurements: list[dict]
+    measurements: list[Measured]
     condition_reason: str
     cause: str
     message_has: tuple[str, ...] = ()
-    visits: int = 3
+    analysis: dict | None = None
 
 
 ROLLBACK_CASES = [
-    RollbackCase("p99 above the abort bound", [{**PASSING, "p99LatencyRatio": Decimal("1.8")}], "GateAborted",
-                 "p99LatencyRatio", ("p99LatencyRatio", "1.8", "1.5")),
-    RollbackCase("fallback rate fails twice", [{**PASSING, "fallbackRate": Decimal("0.05")}],
-                 "FailureLimitReached", "fallbackRate", ("fallbackRate", "0.05", "0.005")),
-    RollbackCase("quality drop above its abort bound", [{**PASSING, "qualityDrop": Decimal("0.2")}], "GateAborted",
+    RollbackCase("p99 above the abort bound", [answers(Traffic(4000, median_seconds=0.8), STABLE)], "GateAborted",
+                 "p99LatencyRatio", ("p99LatencyRatio", "bound 1.2, abort bound 1.5", "4,000 canary and 40,000 stable")),
+    RollbackCase("fallback rate fails twice", [answers(Traffic(4000, fallback_rate=0.05), STABLE)],
+                 "FailureLimitReached", "fallbackRate", ("fallbackRate", "value 0.05", "bound 0.005")),
+    RollbackCase("quality drop above its abort bound", [answers(Traffic(4000, top1=0.75), STABLE)], "GateAborted",
                  "qualityDrop", ("qualityDrop",)),
-    RollbackCase("no data is inconclusive, twice rolls back", [{REQUESTS_KEY: None}], "InconclusiveLimitReached",
-                 "p99LatencyRatio", ("inconclusive",)),
-    RollbackCase("too few requests is inconclusive", [{**PASSING, REQUESTS_KEY: Decimal(3)}],
-                 "InconclusiveLimitReached", "InconclusiveLimitReached", ("minRequests",)),
+    RollbackCase("policy rollback: no data twice rolls back", [NO_DATA], "InconclusiveLimitReached",
+                 "p99LatencyRatio", ("inconclusive",), HOLD_THEN_ROLLBACK),
+    RollbackCase("policy rollback: too few requests twice rolls back", [answers(Traffic(3), STABLE)],
+                 "InconclusiveLimitReached", "p99LatencyRatio", ("3 canary and 40,000 stable requests",),
+                 HOLD_THEN_ROLLBACK),
+    RollbackCase("policy hold: no evidence past the pause and maxHold rolls back", [answers(Traffic(3), STABLE)],
+                 "MaxHoldReached", "p99LatencyRatio", ("maxHold 30s", "3 canary and 40,000 stable requests"),
+                 {**HOLD_THEN_ROLLBACK, "inconclusivePolicy": "hold", "maxHold": "30s"}),
 ]
 
 
 @pytest.mark.parametrize("case", ROLLBACK_CASES, ids=lambda c: c.reason)
 def test_a_failing_gate_rolls_back_at_once_and_leaves_the_stable_alone(case: RollbackCase) -> None:
-    world = start_canary(serving_stable(), measurements=case.measurements)
+    spec = with_rollout(NVFP4, analysis=case.analysis) if case.analysis else NVFP4
+    world = start_canary(serving_stable(), spec, measurements=case.measurements)
     stable, canary = revision(SPEC), revision(NVFP4)
     decision = None
-    for visit in range(1, 10):
+    for visit in range(1, 12):
         decision = world.at(visit * 11).visit()
         if world.status["revision"].get("canary") is None:
             break
@@ -264,16 +276,40 @@ def test_a_failing_gate_rolls_back_at_once_and_leaves_the_stable_alone(case: Rol
 
 
 def test_inconclusive_never_promotes_even_past_every_pause() -> None:
-    world = start_canary(serving_stable(), with_rollout(NVFP4, autoRollback=False), measurements=[{REQUESTS_KEY: None}])
+    world = start_canary(serving_stable(), measurements=[NO_DATA])
     for second in range(0, 300, 11):
         world.at(second).visit()
         assert world.status["revision"]["stable"] == revision(SPEC)
     assert world.status["canary"]["weight"] == "1"
-    assert world.condition("CanaryHealthy")[1] == "InconclusiveLimitReached"
+    assert world.condition("CanaryHealthy") == ("Unknown", "HoldingForEvidence")
+
+
+def test_a_low_traffic_canary_holds_with_its_counts_then_passes_once_the_step_has_them() -> None:
+    """Six canary requests a second, each scored: the step needs 500 for its p99, so it gathers evidence through its
+    20s pause, holds past it (with an Event saying what is missing), and passes once the interval is narrow enough,
+    about two and a half minutes in."""
+    world = start_canary(serving_stable())
+    world.at(1).visit()
+    per_second = 6
+    events, reasons = [], []
+    second = 1
+    while world.status["canary"]["step"] == 0 and second < 400:
+        second += 10
+        elapsed = second - 1
+        world.measurements = [answers(Traffic(per_second * elapsed, scored_share=1),
+                                      Traffic(per_second * 99 * elapsed, scored_share=1), min(1.0, 10 / elapsed))]
+        events += world.at(second).visit().events
+        reasons.append(world.condition("CanaryHealthy")[1])
+    assert reasons[0] == "AnalysisInconclusive" and "HoldingForEvidence" in reasons
+    holding = next(e for e in events if e.reason == "HoldingForEvidence")
+    assert "canary and" in holding.message and "needs 500 of each" in holding.message and "maxHold" in holding.message
+    assert world.status["canary"]["step"] == 1 and 100 <= second <= 200
+    passed = world.status["canary"]["lastAnalysis"]
+    assert all(g["verdict"] == "Pass" for g in passed["gates"]), passed
 
 
 def test_a_rolled_back_revision_is_not_retried() -> None:
-    world = start_canary(serving_stable(), measurements=[{**PASSING, "p99LatencyRatio": Decimal("3")}])
+    world = start_canary(serving_stable(), measurements=[answers(Traffic(4000, median_seconds=1.2), STABLE)])
     world.at(1).visit()
     world.at(11).visit()
     assert world.condition("RolledBack")[0] == "True"
@@ -286,7 +322,7 @@ def test_a_rolled_back_revision_is_not_retried() -> None:
 
 
 def test_reverting_the_spec_to_the_stable_revision_clears_rolled_back() -> None:
-    world = start_canary(serving_stable(), measurements=[{**PASSING, "p99LatencyRatio": Decimal("3")}])
+    world = start_canary(serving_stable(), measurements=[answers(Traffic(4000, median_seconds=1.2), STABLE)])
     world.at(1).visit()
     world.at(11).visit()
     assert world.condition("RolledBack") == ("True", "GateAborted")
@@ -363,7 +399,7 @@ def test_pause_holds_the_weight_but_keeps_analysing_and_an_abort_still_rolls_bac
         world.at(second).visit()
     assert len(world.asked) >= 5 and world.status["canary"]["weight"] == "1"
     assert world.condition("Ready") == ("False", "RolloutPaused") and world.status["phase"] == "Paused"
-    world.measurements = [{**PASSING, "p99LatencyRatio": Decimal("9")}]
+    world.measurements = [answers(Traffic(4000, median_seconds=3.6), STABLE)]
     world.at(220).visit()
     assert world.condition("RolledBack") == ("True", "GateAborted")
 

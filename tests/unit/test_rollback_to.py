@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
-from decimal import Decimal
 
 import pytest
 
 from qfleet.cli.plugin import main
 from qfleet.cli.rollback import RollbackRefused, apply_merge_patch, merge_patch_to, rollback_patch
 
-from .test_release import NVFP4, PASSING, SPEC, T0, World, revision, serving_stable, start_canary
+from .answers import Traffic, answers
+from .test_release import NVFP4, PASSING, SPEC, STABLE, T0, World, revision, serving_stable, start_canary
 
 TUNED = {**copy.deepcopy(SPEC), "quantization": {"weights": "bf16", "kvCache": "fp8",
                                                  "layerFallback": {"maxLayerKL": "0.05"}},
@@ -54,7 +54,7 @@ def test_the_patch_names_the_earlier_revision_again(first: dict, second: dict) -
 
 
 def test_refusals_say_why() -> None:
-    world = start_canary(serving_stable(), measurements=[{**PASSING, "p99LatencyRatio": Decimal("3")}])
+    world = start_canary(serving_stable(), measurements=[answers(Traffic(4000, median_seconds=1.2), STABLE)])
     world.at(1).visit()
     world.at(11).visit()
     with pytest.raises(RollbackRefused, match="was rolled back"):

@@ -1,4 +1,4 @@
-"""The canary's pure decisions as tables: gate verdicts, interval verdicts, and the rollout state machine."""
+"""The canary's pure decisions as tables: gate verdicts, analysis verdicts, and the rollout state machine."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,14 +12,16 @@ from qfleet.api.conditions import Reason, Verdict
 from qfleet.api.rollout_spec import Rollout
 from qfleet.gates import (
     FALLBACK_RATE,
+    INTERVAL_WINDOW,
     P99_LATENCY_RATIO,
     QUALITY_DROP,
+    Estimate,
     GateBound,
     IntervalVerdict,
     effective_gates,
     effective_interval,
+    judge_analysis,
     judge_gate,
-    judge_interval,
 )
 from qfleet.rollout import (
     Action,
@@ -44,69 +46,107 @@ def rollout(**raw: Any) -> Rollout:
 RUNBOOK = rollout()  # 1% for 72h, 10% for 48h, 100%
 FAST = rollout(steps=[{"weight": 1, "pause": "10s"}, {"weight": 10, "pause": "10s"}, {"weight": 100}],
                analysis={"interval": "5s", "failureLimit": 2, "inconclusiveLimit": 3})
+ROLLBACK_POLICY = rollout(steps=FAST.model_dump(by_alias=True)["steps"],
+                          analysis={"interval": "5s", "inconclusivePolicy": "rollback", "inconclusiveLimit": 3})
 
 
 @dataclass
 class GateCase:
     reason: str
     bound: GateBound
-    value: Decimal | None
+    estimate: Estimate | None
     verdict: Verdict
+    window: str = "step"
+    says: str = ""
 
 
-P99 = GateBound(P99_LATENCY_RATIO, D("1.2"), D("1.5"))
+def sure(value: str, lower: str, upper: str, canary: int = 5000, stable: int | None = 50000) -> Estimate:
+    return Estimate(D(value), D(lower), D(upper), canary, stable)
+
+
+P99 = GateBound(P99_LATENCY_RATIO, D("1.2"), D("1.5"), min_samples=500)
+FALLBACK = GateBound(FALLBACK_RATE, D("0.005"), min_samples=2000)
 GATE_CASES = [
-    GateCase("well within", P99, D("1.04"), Verdict.PASS),
-    GateCase("exactly at the bound passes", P99, D("1.2"), Verdict.PASS),
-    GateCase("above the bound fails", P99, D("1.3"), Verdict.FAIL),
-    GateCase("exactly at the abort bound only fails", P99, D("1.5"), Verdict.FAIL),
-    GateCase("above the abort bound aborts", P99, D("1.51"), Verdict.ABORT),
-    GateCase("no data is inconclusive", P99, None, Verdict.INCONCLUSIVE),
-    GateCase("no abort bound: only fails", GateBound(FALLBACK_RATE, D("0.005")), D("0.5"), Verdict.FAIL),
-    GateCase("quality: abort bound equal to max aborts above it",
-             GateBound(QUALITY_DROP, D("0.01"), D("0.01")), D("0.011"), Verdict.ABORT),
+    GateCase("the whole interval within the bound passes", P99, sure("1.04", "0.98", "1.1"), Verdict.PASS),
+    GateCase("an upper bound exactly at the bound passes", P99, sure("1.1", "1.0", "1.2"), Verdict.PASS),
+    GateCase("a value within the bound but an interval across it is not sure", P99, sure("1.1", "0.9", "1.35"),
+             Verdict.INCONCLUSIVE, says="straddles its bound 1.2: not yet sure"),
+    GateCase("a lower bound above the bound fails", P99, sure("1.35", "1.25", "1.45"), Verdict.FAIL),
+    GateCase("a value above the bound with an interval across it is not sure", P99, sure("1.3", "1.1", "1.5"),
+             Verdict.INCONCLUSIVE),
+    GateCase("a lower bound above the abort bound aborts", P99, sure("1.9", "1.6", "2.2"), Verdict.ABORT),
+    GateCase("an unbounded tail never passes", P99, sure("1.0", "0.9", "Infinity"), Verdict.INCONCLUSIVE,
+             says="[0.9, +Inf]"),
+    GateCase("too few canary requests is inconclusive, with the counts", P99, sure("1.0", "0.99", "1.01", 120),
+             Verdict.INCONCLUSIVE, says="120 canary and 50,000 stable requests, needs 500 of each"),
+    GateCase("too few stable requests too", P99, sure("1.0", "0.99", "1.01", 900, 80), Verdict.INCONCLUSIVE,
+             says="900 canary and 80 stable requests"),
+    GateCase("too few samples still aborts over the last interval", P99, sure("6", "4", "9", 2),
+             Verdict.ABORT, INTERVAL_WINDOW),
+    GateCase("the last interval never passes or fails: it only aborts", P99, sure("1.35", "1.25", "1.45"),
+             Verdict.INCONCLUSIVE, INTERVAL_WINDOW),
+    GateCase("no data is inconclusive", P99, None, Verdict.INCONCLUSIVE, says="no data"),
+    GateCase("a rate whose upper bound is within max passes", FALLBACK,
+             Estimate(D("0.001"), D("0.0008"), D("0.0013"), 90000), Verdict.PASS),
+    GateCase("the fallback rate counts KV tokens", FALLBACK, Estimate(D("0"), D("0"), D("0.003"), 900),
+             Verdict.INCONCLUSIVE, says="900 canary KV tokens, needs 2,000"),
+    GateCase("no abort bound: only fails", FALLBACK, Estimate(D("0.5"), D("0.4"), D("0.6"), 9000), Verdict.FAIL),
+    GateCase("a gate without bounds is judged on its value", GateBound("ttft", D("0.8")), Estimate(D("0.81")),
+             Verdict.FAIL),
+    GateCase("quality: abort bound equal to max aborts above it", GateBound(QUALITY_DROP, D("0.01"), D("0.01"), None,
+             100), sure("0.02", "0.011", "0.03", 400), Verdict.ABORT),
 ]
 
 
 @pytest.mark.parametrize("case", GATE_CASES, ids=lambda c: c.reason)
 def test_gate_verdicts(case: GateCase) -> None:
-    assert judge_gate(case.bound, case.value).verdict is case.verdict
+    result = judge_gate(case.bound, case.estimate, case.window)
+    assert result.verdict is case.verdict, result.explanation
+    assert case.says in result.explanation
 
 
 BOUNDS = effective_gates(RUNBOOK.analysis)
 
 
 @dataclass
-class IntervalCase:
+class AnalysisCase:
     reason: str
-    measured: dict[str, Decimal | None]
+    step: dict[str, Estimate]
     requests: int | None
     verdict: Verdict
     message_has: str = ""
+    interval: dict[str, Estimate] = field(default_factory=dict)
 
 
-GOOD = {P99_LATENCY_RATIO: D("1.05"), FALLBACK_RATE: D("0.001"), QUALITY_DROP: D("0.002")}
-INTERVAL_CASES = [
-    IntervalCase("every gate passes", GOOD, 500, Verdict.PASS, "every gate passed"),
-    IntervalCase("too few requests is inconclusive even when the gates pass", GOOD, 50, Verdict.INCONCLUSIVE,
-                 "fewer than minRequests 200"),
-    IntervalCase("no request count is inconclusive", GOOD, None, Verdict.INCONCLUSIVE),
-    IntervalCase("one gate without data", {**GOOD, FALLBACK_RATE: None}, 500, Verdict.INCONCLUSIVE, "no data"),
-    IntervalCase("a failing gate fails the interval", {**GOOD, FALLBACK_RATE: D("0.02")}, 500, Verdict.FAIL,
-                 "fallbackRate 0.02 is above its bound 0.005"),
-    IntervalCase("fail outranks no data", {**GOOD, FALLBACK_RATE: D("0.02"), QUALITY_DROP: None}, 500,
-                 Verdict.FAIL),
-    IntervalCase("an abort outranks a failure", {**GOOD, P99_LATENCY_RATIO: D("1.7"), FALLBACK_RATE: D("0.02")},
-                 500, Verdict.ABORT, "p99LatencyRatio 1.7 is above its abort bound 1.5"),
-    IntervalCase("an abort bound aborts even with few requests", {**GOOD, P99_LATENCY_RATIO: D("3")}, 10,
-                 Verdict.ABORT),
+GOOD = {P99_LATENCY_RATIO: sure("1.05", "0.98", "1.1"), FALLBACK_RATE: sure("0.001", "0.0009", "0.0012", 90000, None),
+        QUALITY_DROP: sure("0.002", "-0.001", "0.005", 900, 9000)}
+ANALYSIS_CASES = [
+    AnalysisCase("every gate passes", GOOD, 5000, Verdict.PASS, "every gate passed"),
+    AnalysisCase("too few requests is inconclusive even when the gates pass", GOOD, 50, Verdict.INCONCLUSIVE,
+                 "50 canary requests since the step started, fewer than minRequests 200"),
+    AnalysisCase("no request count is inconclusive", GOOD, None, Verdict.INCONCLUSIVE),
+    AnalysisCase("one gate without data", {**GOOD, FALLBACK_RATE: Estimate(None)}, 5000, Verdict.INCONCLUSIVE,
+                 "fallbackRate: no data"),
+    AnalysisCase("a failing gate fails the analysis", {**GOOD, FALLBACK_RATE: sure("0.02", "0.015", "0.025")}, 5000,
+                 Verdict.FAIL, "fallbackRate 0.02 [0.015, 0.025] is above its bound 0.005"),
+    AnalysisCase("fail outranks no data", {**GOOD, FALLBACK_RATE: sure("0.02", "0.015", "0.025"),
+                                           QUALITY_DROP: Estimate(None)}, 5000, Verdict.FAIL),
+    AnalysisCase("an abort outranks a failure", {**GOOD, P99_LATENCY_RATIO: sure("1.7", "1.6", "1.8"),
+                                                 FALLBACK_RATE: sure("0.02", "0.015", "0.025")},
+                 5000, Verdict.ABORT, "p99LatencyRatio 1.7 [1.6, 1.8] is above its abort bound 1.5"),
+    AnalysisCase("the last interval aborts while the step's evidence is still thin",
+                 {**GOOD, P99_LATENCY_RATIO: sure("3", "1.2", "9", 40)}, 40, Verdict.ABORT,
+                 "above its abort bound 1.5 over the last interval",
+                 interval={P99_LATENCY_RATIO: sure("6", "4", "9", 4)}),
+    AnalysisCase("a pass on the step is not undone by a noisy last interval that does not abort", GOOD, 5000,
+                 Verdict.PASS, interval={P99_LATENCY_RATIO: sure("1.4", "0.5", "3", 20)}),
 ]
 
 
-@pytest.mark.parametrize("case", INTERVAL_CASES, ids=lambda c: c.reason)
-def test_interval_verdicts(case: IntervalCase) -> None:
-    result = judge_interval(BOUNDS, case.measured, case.requests, RUNBOOK.analysis.min_requests)
-    assert result.verdict is case.verdict
+@pytest.mark.parametrize("case", ANALYSIS_CASES, ids=lambda c: c.reason)
+def test_analysis_verdicts(case: AnalysisCase) -> None:
+    result = judge_analysis(BOUNDS, case.step, case.interval, case.requests, RUNBOOK.analysis.min_requests)
+    assert result.verdict is case.verdict, result.message
     assert case.message_has in result.message
 
 
@@ -115,7 +155,7 @@ def test_a_step_overrides_gates_and_interval_of_the_same_name_only() -> None:
         "interval": "30m", "gates": {"p99LatencyRatio": {"max": "1.5"}, "custom": [
             {"name": "ttft-p95", "query": "q", "max": "0.8"}]}}}, {"weight": 100}])
     bounds = {b.name: b for b in effective_gates(spec.analysis, spec.steps[0])}
-    assert bounds[P99_LATENCY_RATIO] == GateBound(P99_LATENCY_RATIO, D("1.5"), None)
+    assert bounds[P99_LATENCY_RATIO] == GateBound(P99_LATENCY_RATIO, D("1.5"), None, min_samples=500)
     assert bounds[FALLBACK_RATE].max == D("0.005")
     assert bounds["ttft-p95"].query == "q"
     assert effective_interval(spec.analysis, spec.steps[0]) == timedelta(minutes=30)
@@ -157,16 +197,30 @@ STEP_CASES = [
              Action.ADVANCE, D(10), Reason.ANALYSIS_PASSED, expect_state={"step": 1, "consecutive_failures": 0}),
     StepCase("a pass after the last pause promotes", RUNBOOK, at(1), T0 + timedelta(hours=48), PASS,
              Action.PROMOTE, D(100), Reason.PROMOTED),
-    StepCase("no data after the pause never promotes", RUNBOOK, at(1), T0 + timedelta(hours=49), INCONCLUSIVE,
-             Action.HOLD, D(10), Reason.ANALYSIS_INCONCLUSIVE, expect_state={"consecutive_inconclusive": 1}),
+    StepCase("inconclusive during the pause gathers evidence", RUNBOOK, at(0), T0 + timedelta(hours=5),
+             INCONCLUSIVE, Action.HOLD, D(1), Reason.ANALYSIS_INCONCLUSIVE, expect_state={"consecutive_inconclusive": 1}),
+    StepCase("inconclusive after the pause holds for evidence, never promotes", RUNBOOK, at(1),
+             T0 + timedelta(hours=49), INCONCLUSIVE, Action.HOLD, D(10), Reason.HOLDING_FOR_EVIDENCE),
+    StepCase("hold never counts inconclusive analyses toward a rollback", RUNBOOK,
+             at(0, consecutive_inconclusive=40), T0 + timedelta(hours=90), INCONCLUSIVE, Action.HOLD, D(1),
+             Reason.HOLDING_FOR_EVIDENCE),
+    StepCase("maxHold past the pause without evidence rolls back", RUNBOOK, at(0), T0 + timedelta(hours=96),
+             INCONCLUSIVE, Action.ROLLBACK, D(0), Reason.MAX_HOLD_REACHED),
+    StepCase("a step without a pause holds from its start", rollout(
+        steps=[{"weight": 5}, {"weight": 100}], analysis={"maxHold": "1h"}), at(0), T0 + timedelta(minutes=59),
+        INCONCLUSIVE, Action.HOLD, D(5), Reason.HOLDING_FOR_EVIDENCE),
+    StepCase("without autoRollback maxHold holds for a person", rollout(autoRollback=False), at(0),
+             T0 + timedelta(hours=97), INCONCLUSIVE, Action.HOLD, D(1), Reason.MAX_HOLD_REACHED),
     StepCase("the first failure holds and counts", FAST, at(1), T0, FAIL, Action.HOLD, D(10),
              Reason.ANALYSIS_FAILED, expect_state={"consecutive_failures": 1}),
     StepCase("failureLimit consecutive failures roll back", FAST, at(1, consecutive_failures=1), T0, FAIL,
              Action.ROLLBACK, D(0), Reason.FAILURE_LIMIT_REACHED),
     StepCase("a pass resets the failure count", FAST, at(0, consecutive_failures=1), T0, PASS, Action.HOLD, D(1),
              Reason.ANALYSIS_PASSED, expect_state={"consecutive_failures": 0}),
-    StepCase("inconclusiveLimit rolls back", FAST, at(0, consecutive_inconclusive=2), T0, INCONCLUSIVE,
-             Action.ROLLBACK, D(0), Reason.INCONCLUSIVE_LIMIT_REACHED),
+    StepCase("policy rollback: the first inconclusive analyses hold", ROLLBACK_POLICY, at(0), T0, INCONCLUSIVE,
+             Action.HOLD, D(1), Reason.ANALYSIS_INCONCLUSIVE, expect_state={"consecutive_inconclusive": 1}),
+    StepCase("policy rollback: inconclusiveLimit rolls back", ROLLBACK_POLICY, at(0, consecutive_inconclusive=2), T0,
+             INCONCLUSIVE, Action.ROLLBACK, D(0), Reason.INCONCLUSIVE_LIMIT_REACHED),
     StepCase("an abort rolls back at once", FAST, at(0), T0, ABORT, Action.ROLLBACK, D(0), Reason.GATE_ABORTED),
     StepCase("without autoRollback an abort holds for a person",
              rollout(autoRollback=False, steps=[{"weight": 10}, {"weight": 100}]), at(0), T0, ABORT, Action.HOLD,

@@ -70,6 +70,8 @@ class Reason(StrEnum):
     ANALYSIS_PASSED = "AnalysisPassed"
     ANALYSIS_FAILED = "AnalysisFailed"
     ANALYSIS_INCONCLUSIVE = "AnalysisInconclusive"
+    HOLDING_FOR_EVIDENCE = "HoldingForEvidence"
+    """The step's pause is over but its evidence does not yet decide: the weight holds (inconclusivePolicy hold)."""
 
     # RolledBack.
     NOT_ROLLED_BACK = "NotRolledBack"
@@ -77,6 +79,8 @@ class Reason(StrEnum):
     """A measured value went above a gate's `abortAbove`."""
     FAILURE_LIMIT_REACHED = "FailureLimitReached"
     INCONCLUSIVE_LIMIT_REACHED = "InconclusiveLimitReached"
+    MAX_HOLD_REACHED = "MaxHoldReached"
+    """The evidence still did not decide maxHold after the step's pause ended (inconclusivePolicy hold)."""
     ROLLOUT_ABORTED = "RolloutAborted"
     """A person aborted the canary."""
     PROMOTED = "Promoted"

@@ -11,13 +11,23 @@ from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 from itertools import pairwise
+from typing import Literal
 
 from pydantic import Field, field_validator
 
 from qfleet.api import rules
 from qfleet.api.base import SpecObject, default_of, rules_error
 from qfleet.api.errors import FieldError
-from qfleet.api.values import AnalysisInterval, DnsLabel, DnsSubdomain, Duration, HttpUrl, StepWeight, Threshold
+from qfleet.api.values import (
+    AnalysisInterval,
+    Confidence,
+    DnsLabel,
+    DnsSubdomain,
+    Duration,
+    HttpUrl,
+    StepWeight,
+    Threshold,
+)
 
 RUNBOOK_STEPS = ({"weight": 1, "pause": "72h"}, {"weight": 10, "pause": "48h"}, {"weight": 100})
 DEFAULT_PROMETHEUS_ADDRESS = "http://prometheus-operated.monitoring.svc:9090"
@@ -52,6 +62,13 @@ class Gate(SpecObject):
             yield FieldError("abortAbove", rules.ABORT_AT_LEAST_MAX)
 
 
+class SampledGate(Gate):
+    """A built-in gate whose evidence qfleet counts: `minSamples` is how much it needs before it judges (the default
+    depends on the gate: `qfleet.gates.DEFAULT_MIN_SAMPLES`)."""
+
+    min_samples: int | None = Field(default=None, ge=1, le=1_000_000_000)
+
+
 class CustomGate(Gate):
     """A Flagger-style gate: a PromQL query whose value is compared like a built-in gate's."""
 
@@ -70,9 +87,11 @@ def _duplicate_names(gates: list[CustomGate] | None, field: str) -> Iterator[Fie
 
 
 class Gates(SpecObject):
-    p99_latency_ratio: Gate = Field(default_factory=default_of(Gate, {"max": "1.2", "abortAbove": "1.5"}))
-    fallback_rate: Gate = Field(default_factory=default_of(Gate, {"max": "0.005"}))
-    quality_drop: Gate = Field(default_factory=default_of(Gate, {"max": "0.01", "abortAbove": "0.01"}))
+    p99_latency_ratio: SampledGate = Field(
+        default_factory=default_of(SampledGate, {"max": "1.2", "abortAbove": "1.5"}))
+    fallback_rate: SampledGate = Field(default_factory=default_of(SampledGate, {"max": "0.005"}))
+    quality_drop: SampledGate = Field(
+        default_factory=default_of(SampledGate, {"max": "0.01", "abortAbove": "0.01"}))
     kv_cache_hit_rate_drop: Gate | None = None
     custom: list[CustomGate] | None = Field(default=None, max_length=10)
 
@@ -83,9 +102,9 @@ class Gates(SpecObject):
 class GateOverrides(SpecObject):
     """Per-step gates: each one given replaces the rollout's gate of the same name for that step."""
 
-    p99_latency_ratio: Gate | None = None
-    fallback_rate: Gate | None = None
-    quality_drop: Gate | None = None
+    p99_latency_ratio: SampledGate | None = None
+    fallback_rate: SampledGate | None = None
+    quality_drop: SampledGate | None = None
     kv_cache_hit_rate_drop: Gate | None = None
     custom: list[CustomGate] | None = Field(default=None, max_length=10)
 
@@ -97,13 +116,21 @@ class Prometheus(SpecObject):
     address: HttpUrl = DEFAULT_PROMETHEUS_ADDRESS
 
 
+InconclusivePolicy = Literal["hold", "rollback"]
+"""hold: keep the weight and gather evidence, roll back only once maxHold past the step's pause has run out;
+rollback: roll back after inconclusiveLimit inconclusive analyses in a row."""
+
+
 class Analysis(SpecObject):
     interval: AnalysisInterval = timedelta(minutes=5)
     prometheus: Prometheus = Field(default_factory=Prometheus)
     min_requests: int = Field(default=200, ge=0, le=1_000_000_000)
     gates: Gates = Field(default_factory=Gates)
+    confidence: Confidence = Decimal("0.95")
     failure_limit: int = Field(default=2, ge=1, le=100)
+    inconclusive_policy: InconclusivePolicy = "hold"
     inconclusive_limit: int = Field(default=3, ge=1, le=100)
+    max_hold: Duration = timedelta(hours=24)
 
 
 class StepAnalysis(SpecObject):

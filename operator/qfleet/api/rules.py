@@ -18,6 +18,7 @@ ABORT_AT_LEAST_MAX = (
 )
 MEMORY_FRACTION_RANGE = 'a fraction of free GPU memory above 0 and at most 1, e.g. "0.9"'
 SAMPLE_SHARE_RANGE = 'a share of requests above 0 and at most 1, e.g. "0.1"'
+CONFIDENCE_RANGE = 'a confidence from 0.5 to below 1, e.g. "0.95"'
 INTERVAL_AT_LEAST_ONE_SECOND = "the analysis interval must be at least 1s, e.g. 5m"
 ONE_TRAFFIC_ROUTING = "set exactly one of gatewayAPI (weights on an HTTPRoute) or replicas (weights by replica counts)"
 TENSOR_PARALLEL_DIVIDES_GPUS = (
@@ -36,6 +37,7 @@ CEL_MESSAGES = frozenset(
         ABORT_AT_LEAST_MAX,
         MEMORY_FRACTION_RANGE,
         SAMPLE_SHARE_RANGE,
+        CONFIDENCE_RANGE,
         INTERVAL_AT_LEAST_ONE_SECOND,
         ONE_TRAFFIC_ROUTING,
         TENSOR_PARALLEL_DIVIDES_GPUS,

@@ -93,13 +93,25 @@ class EvaluationStatus(StepRecord):
 class GateResult(StatusObject):
     name: str
     value: str | None = None
+    lower: str | None = None
+    """The value's lower confidence bound (at `AnalysisRun.confidence`); absent for gates judged on the value alone."""
+    upper: str | None = None
+    """Its upper confidence bound; "+Inf" when the data cannot bound it."""
     max: str | None = None
     verdict: Verdict
+    window: str | None = None
+    """What the verdict rests on: `step` (since the step started) or `interval` (an abort over the last interval)."""
+    canary_samples: int | None = None
+    stable_samples: int | None = None
+    min_samples: int | None = None
 
 
 class AnalysisRun(StatusObject):
     at: datetime
     verdict: Verdict
+    since: datetime | None = None
+    """Start of the step window the gates were judged over."""
+    confidence: str | None = None
     requests: int | None = None
     gates: list[GateResult] = Field(default_factory=list)
 

@@ -122,6 +122,13 @@ def _sample_share(value: Any) -> Decimal:
     return number
 
 
+def _confidence(value: Any) -> Decimal:
+    number = _decimal_text(value, "0.95")
+    if not Decimal("0.5") <= number < 1:
+        raise invalid(f"{rules.CONFIDENCE_RANGE}; got {value!r}")
+    return number
+
+
 def _step_weight(value: Any) -> Decimal:
     if isinstance(value, int) and not isinstance(value, bool):
         number = Decimal(value)
@@ -230,6 +237,9 @@ MemoryFraction = Annotated[Decimal, PlainValidator(_memory_fraction), _decimal_o
 
 SampleShare = Annotated[Decimal, PlainValidator(_sample_share), _decimal_out]
 """A decimal string above 0 and at most 1: "0.1" of the requests."""
+
+Confidence = Annotated[Decimal, PlainValidator(_confidence), _decimal_out]
+"""A decimal string from 0.5 to below 1: "0.95"."""
 
 StepWeight = Annotated[Decimal, PlainValidator(_step_weight), PlainSerializer(_step_weight_out)]
 """A percent of traffic above 0 and at most 100: an integer, or a decimal string such as "0.5"."""

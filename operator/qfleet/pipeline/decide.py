@@ -92,8 +92,10 @@ FAILED = {Step.CALIBRATE: Reason.CALIBRATION_FAILED, Step.BUILD: Reason.ENGINE_B
           Step.EVALUATE: Reason.EVALUATION_FAILED}
 WARNING_REASONS = {Reason.INVALID_SPEC, Reason.NO_COMPATIBLE_NODE_POOL, Reason.QUALITY_GATE_FAILED, Reason.ANALYSIS_FAILED,
                    Reason.GATE_ABORTED, Reason.FAILURE_LIMIT_REACHED, Reason.INCONCLUSIVE_LIMIT_REACHED,
-                   Reason.ROLLOUT_ABORTED,
+                   Reason.MAX_HOLD_REACHED, Reason.ROLLOUT_ABORTED, Reason.HOLDING_FOR_EVIDENCE,
                    *FAILED.values()}
+ANNOUNCED_UNKNOWN = {Reason.HOLDING_FOR_EVIDENCE}
+"""Unknown conditions that still deserve an Event: a canary held past its pause for want of evidence."""
 
 
 class _Conditions:
@@ -386,7 +388,7 @@ def _transitions(old: Sequence[Condition], new: Sequence[Condition]) -> list[Eve
         before = find_condition(old, condition.type)
         if before is not None and (before.status, before.reason) == (condition.status, condition.reason):
             continue
-        if condition.status == ConditionStatus.UNKNOWN:
+        if condition.status == ConditionStatus.UNKNOWN and condition.reason not in ANNOUNCED_UNKNOWN:
             continue
         kind = "Warning" if condition.reason in WARNING_REASONS else "Normal"
         events.append(Event(kind, condition.reason, f"{condition.type}={condition.status}: {condition.message}"))

@@ -22,11 +22,10 @@ from qfleet.api.status import (
     MAX_HISTORY,
     AnalysisRun,
     CanaryStatus,
-    GateResult,
     HistoryEntry,
     QuantizedModelStatus,
 )
-from qfleet.gates import IntervalVerdict, effective_gates, effective_interval, judge_interval
+from qfleet.gates import IntervalVerdict, effective_gates, effective_interval
 from qfleet.manifests.jobs import Owner
 from qfleet.manifests.names import LABEL_MODEL
 from qfleet.manifests.serving import (
@@ -38,8 +37,16 @@ from qfleet.manifests.serving import (
     serving_deployment,
     weighted_rules,
 )
+from qfleet.pipeline.analysis import (
+    Measured,
+    MeasureRequest,
+    Revisions,
+    analysis_run,
+    deciding_gate_text,
+    judge,
+    measure_request,
+)
 from qfleet.pipeline.records import StepResults
-from qfleet.promql import REQUESTS_KEY, Window, queries
 from qfleet.revision import artifact_spec
 
 SCALE_DOWN_DELAY = timedelta(seconds=30)
@@ -58,25 +65,11 @@ class DeploymentView:
 
 
 @dataclass(frozen=True)
-class Measured:
-    """This visit's Prometheus answers, by gate name (and REQUESTS_KEY); None is no data."""
-
-    values: Mapping[str, Decimal | None]
-    errors: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class Servable:
     """The current revision passed calibration, build and evaluation: what its Deployment needs."""
 
     kv_format: str
     compute_capability: tuple[int, int]
-
-
-@dataclass(frozen=True)
-class MeasureRequest:
-    address: str
-    queries: dict[str, str]
 
 
 @dataclass
@@ -135,6 +128,8 @@ class _Release:
         self.revisions = status.revision
         self.spec = given.spec
         self.gateway = self.spec.rollout.traffic_routing.gateway_api
+        self.judged_since: datetime | None = None
+        """Start of the step window this visit's analysis was judged over."""
 
     # -- the visit ------------------------------------------------------------------------------------------------
     def visit(self) -> None:
@@ -290,7 +285,7 @@ class _Release:
                            f"about {weight}% of the traffic (step asks {decision.weight}%)")
         self._route(decision.weight)
         previous = self.status.canary
-        last = _analysis_run(verdict, given.now) if verdict else (previous.last_analysis if previous else None)
+        last = self._analysis_run(verdict) if verdict else (previous.last_analysis if previous else None)
         state = decision.state
         self.status.canary = CanaryStatus(step=state.step, weight=str(weight), step_started_at=state.step_started_at,
                                           consecutive_failures=state.consecutive_failures,
@@ -339,9 +334,7 @@ class _Release:
             cause = gate.name if gate is not None else str(decision.reason)
         message = decision.message
         if gate is not None and gate.value is not None:
-            message = f"gate {gate.name}: value {gate.value}, bound {gate.bound.max}" + (
-                f", abort bound {gate.bound.abort_above}" if gate.bound.abort_above is not None else "") + \
-                f" ({decision.message})"
+            message = f"{deciding_gate_text(gate)} ({decision.message})"
         self._end_canary(Outcome.ROLLED_BACK, decision.reason, message, immediately=True, verdict=verdict)
         self.status.canary = None
         self.changes.rollback_cause = cause
@@ -384,19 +377,17 @@ class _Release:
         step = rollout.current_step(self.spec.rollout, state)
         bounds = effective_gates(analysis, step)
         if given.measured is None:
-            window = Window(given.namespace, given.name, given.revision, self.revisions.stable or "",
-                            max(1, int(effective_interval(analysis, step).total_seconds())))
-            self.changes.measure = MeasureRequest(str(analysis.prometheus.address), queries(bounds, window))
+            revisions = Revisions(given.namespace, given.name, given.revision, self.revisions.stable or "")
+            self.changes.measure = measure_request(analysis, bounds, revisions, state.step_started_at,
+                                                   effective_interval(analysis, step), given.now)
             return None
-        values = given.measured.values
-        requests = values.get(REQUESTS_KEY)
-        verdict = judge_interval(bounds, values, None if requests is None else int(requests), analysis.min_requests)
-        if given.measured.errors:
-            errors = "; ".join(f"{k}: {v}" for k, v in sorted(given.measured.errors.items()))[:400]
-            verdict = IntervalVerdict(verdict.verdict, verdict.gates, verdict.requests,
-                                      f"{verdict.message} (Prometheus: {errors})")
+        self.judged_since = state.step_started_at
+        verdict = judge(analysis, bounds, given.measured)
         self._record_verdict(verdict)
         return verdict
+
+    def _analysis_run(self, verdict: IntervalVerdict) -> AnalysisRun:
+        return analysis_run(verdict, self.given.now, self.judged_since, self.spec.rollout.analysis.confidence)
 
     def _record_verdict(self, verdict: IntervalVerdict) -> None:
         if not any(name == "interval" for name, _ in self.changes.verdicts):
@@ -504,12 +495,7 @@ class _Release:
         results = self.given.results(revision)
         entry = HistoryEntry(revision=revision, kv_cache=kv_format, outcome=outcome, at=self.given.now,
                              reason=reason, message=message[:1024], artifact=artifact,
-                             analysis=_analysis_run(verdict, self.given.now) if verdict is not None else None,
+                             analysis=self._analysis_run(verdict) if verdict is not None else None,
                              calibration=results.calibration, engine=results.engine, evaluation=results.evaluation)
         self.status.history = [*self.status.history, entry][-MAX_HISTORY:]
 
-
-def _analysis_run(verdict: IntervalVerdict, now: datetime) -> AnalysisRun:
-    return AnalysisRun(at=now, verdict=verdict.verdict, requests=verdict.requests,
-                       gates=[GateResult(name=g.name, value=None if g.value is None else str(g.value),
-                                         max=str(g.bound.max), verdict=g.verdict) for g in verdict.gates])

@@ -1,0 +1,161 @@
+"""What the canary has shown: the two windows an analysis reads, the Prometheus queries for them, and each gate's
+estimate (value, confidence bounds, sample sizes) made from the answers.
+
+Pure: the queries are strings, the answers plain numbers and bucket lists. The step window runs from the step's start
+(kept in status, so a restarted operator reads the same window) to now and carries Pass and Fail; the interval window
+is the last analysis interval and carries only the fast abort signal of gates with `abortAbove`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+
+from qfleet import stats
+from qfleet.api import metrics as m
+from qfleet.gates import (
+    FALLBACK_RATE,
+    INTERVAL_WINDOW,
+    LATENCY_QUANTILE,
+    P99_LATENCY_RATIO,
+    QUALITY_DROP,
+    STEP_WINDOW,
+    Estimate,
+    GateBound,
+)
+from qfleet.promql import Window, bucket_counts, count, default_query, render_custom
+
+REQUESTS = "requests"
+"""Not a gate: the canary's requests over the step window, which minRequests is checked against."""
+SIGNIFICANT_DIGITS = 4
+
+Buckets = Sequence[tuple[float, Decimal]]
+"""A histogram query's answer: (le, cumulative count) per bucket."""
+
+
+@dataclass(frozen=True)
+class Queries:
+    values: dict[str, str]
+    """Queries answered by one number."""
+    histograms: dict[str, str]
+    """Queries answered by one count per bucket (`le`)."""
+
+
+def key(window: str, gate: str, part: str) -> str:
+    return f"{window}/{gate}/{part}"
+
+
+def step_seconds(step_started_at: datetime, now: datetime) -> int:
+    """The step window's length: whole seconds since the step started, at least one."""
+    return max(1, math.ceil((now - step_started_at) / timedelta(seconds=1)))
+
+
+def queries(bounds: Sequence[GateBound], step: Window, interval: Window) -> Queries:
+    """Every gate over the step window, the gates with an abort bound also over the interval window, and the canary's
+    request count over the step window."""
+    found = Queries({key(STEP_WINDOW, REQUESTS, "canary"): count(step, m.REQUESTS, step.canary)}, {})
+    for bound in bounds:
+        _gate_queries(bound, step, STEP_WINDOW, found)
+        if bound.abort_above is not None:
+            _gate_queries(bound, interval, INTERVAL_WINDOW, found)
+    return found
+
+
+def _gate_queries(bound: GateBound, window: Window, name: str, into: Queries) -> None:
+    sides = (("canary", window.canary), ("stable", window.stable))
+    if bound.query:
+        into.values[key(name, bound.name, "value")] = render_custom(bound.query, window)
+    elif bound.name == P99_LATENCY_RATIO:
+        for side, revision in sides:
+            into.histograms[key(name, bound.name, side)] = bucket_counts(window, m.REQUEST_DURATION, revision)
+    elif bound.name == FALLBACK_RATE:
+        into.values[key(name, bound.name, "fallback")] = count(window, m.KV_FALLBACK_TOKENS, window.canary)
+        into.values[key(name, bound.name, "tokens")] = count(window, m.KV_TOKENS, window.canary)
+    elif bound.name == QUALITY_DROP:
+        for side, revision in sides:
+            into.histograms[key(name, bound.name, side)] = bucket_counts(window, m.QUALITY_TOP1, revision)
+            into.values[key(name, bound.name, f"{side}-sum")] = count(window, f"{m.QUALITY_TOP1}_sum", revision)
+    else:
+        into.values[key(name, bound.name, "value")] = default_query(bound.name, window)
+
+
+def requests(values: Mapping[str, Decimal | None]) -> int | None:
+    found = values.get(key(STEP_WINDOW, REQUESTS, "canary"))
+    return None if found is None else round(found)
+
+
+def estimates(bounds: Sequence[GateBound], window: str, values: Mapping[str, Decimal | None],
+              histograms: Mapping[str, Buckets | None], confidence: Decimal) -> dict[str, Estimate]:
+    """Each gate's estimate over one window from the answers to `queries`."""
+    level = float(confidence)
+    found = {}
+    for bound in bounds:
+        if window == INTERVAL_WINDOW and bound.abort_above is None:
+            continue
+        name = bound.name
+
+        def value(part: str, gate: str = name) -> Decimal | None:
+            return values.get(key(window, gate, part))
+
+        def histogram(side: str, gate: str = name) -> stats.Histogram | None:
+            buckets = histograms.get(key(window, gate, side))
+            return None if not buckets else stats.Histogram.of([(le, float(n)) for le, n in buckets])
+
+        if bound.query or name not in (P99_LATENCY_RATIO, FALLBACK_RATE, QUALITY_DROP):
+            found[name] = Estimate(value("value"))
+        elif name == P99_LATENCY_RATIO:
+            found[name] = _latency(histogram("canary"), histogram("stable"), level)
+        elif name == FALLBACK_RATE:
+            found[name] = _fallback(value("fallback"), value("tokens"), level)
+        else:
+            found[name] = _quality(histogram("canary"), value("canary-sum"), histogram("stable"), value("stable-sum"),
+                                   level)
+    return found
+
+
+def _latency(canary: stats.Histogram | None, stable: stats.Histogram | None, level: float) -> Estimate:
+    sizes = _size(canary), _size(stable)
+    if canary is None or stable is None or not canary.count or not stable.count:
+        return Estimate(None, canary_samples=sizes[0], stable_samples=sizes[1])
+    return _estimate(stats.quantile_ratio_interval(canary, stable, LATENCY_QUANTILE, level), *sizes)
+
+
+def _fallback(fallbacks: Decimal | None, tokens: Decimal | None, level: float) -> Estimate:
+    if tokens is None or tokens <= 0:
+        return Estimate(None, canary_samples=0)
+    return _estimate(stats.proportion_interval(float(fallbacks or 0), float(tokens), level), round(tokens))
+
+
+def _quality(canary: stats.Histogram | None, canary_sum: Decimal | None, stable: stats.Histogram | None,
+             stable_sum: Decimal | None, level: float) -> Estimate:
+    sizes = _size(canary), _size(stable)
+    if canary is None or stable is None or canary_sum is None or stable_sum is None:
+        return Estimate(None, canary_samples=sizes[0], stable_samples=sizes[1])
+    drop = stats.mean_drop_interval(stats.Sample(float(stable_sum), stable.count, stable),
+                                    stats.Sample(float(canary_sum), canary.count, canary), level)
+    return _estimate(drop, *sizes)
+
+
+def _size(histogram: stats.Histogram | None) -> int:
+    return 0 if histogram is None else round(histogram.count)
+
+
+def _estimate(interval: stats.Interval | None, canary: int, stable: int | None = None) -> Estimate:
+    if interval is None:
+        return Estimate(None, canary_samples=canary, stable_samples=stable)
+    # The bounds are rounded outwards, so rounding never makes a gate surer than its data.
+    return Estimate(_rounded(interval.value), _rounded(interval.lower, ROUND_FLOOR),
+                    _rounded(interval.upper, ROUND_CEILING), canary, stable)
+
+
+def _rounded(number: float, rounding: str | None = None) -> Decimal:
+    if math.isinf(number):
+        return Decimal("Infinity") if number > 0 else Decimal("-Infinity")
+    if number == 0:
+        return Decimal(0)
+    exact = Decimal(repr(number))
+    step = Decimal(1).scaleb(exact.adjusted() - SIGNIFICANT_DIGITS + 1)
+    return exact.quantize(step, rounding=rounding) if rounding else exact.quantize(step)

@@ -1,0 +1,96 @@
+"""One canary analysis, decided: what to ask Prometheus, and the verdict and status record made from its answers.
+
+Pure, like the release it serves: the windows come from the rollout's state in status (the step's start) and the
+visit's time, so a restarted operator asks for the same windows and judges the same answers alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from qfleet import evidence
+from qfleet.api.rollout_spec import Analysis
+from qfleet.api.status import AnalysisRun, GateResult
+from qfleet.gates import INTERVAL_WINDOW, STEP_WINDOW, GateBound, GateVerdict, IntervalVerdict, judge_analysis, text
+from qfleet.promql import Window
+
+
+@dataclass(frozen=True)
+class Measured:
+    """This visit's Prometheus answers, by the keys of `qfleet.evidence.queries`; None is no data."""
+
+    values: Mapping[str, Decimal | None]
+    histograms: Mapping[str, evidence.Buckets | None] = field(default_factory=dict)
+    errors: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MeasureRequest:
+    address: str
+    queries: dict[str, str]
+    histograms: dict[str, str] = field(default_factory=dict)
+    """Queries answered by a count per bucket (`le`)."""
+
+
+@dataclass(frozen=True)
+class Revisions:
+    namespace: str
+    model: str
+    canary: str
+    stable: str
+
+
+def measure_request(analysis: Analysis, bounds: list[GateBound], revisions: Revisions, step_started_at: datetime,
+                    interval: timedelta, now: datetime) -> MeasureRequest:
+    """The step window (since the step started) for Pass and Fail, the last interval for the abort signals."""
+    windows = [Window(revisions.namespace, revisions.model, revisions.canary, revisions.stable, seconds)
+               for seconds in (evidence.step_seconds(step_started_at, now), max(1, int(interval.total_seconds())))]
+    asked = evidence.queries(bounds, *windows)
+    return MeasureRequest(str(analysis.prometheus.address), asked.values, asked.histograms)
+
+
+def judge(analysis: Analysis, bounds: list[GateBound], measured: Measured) -> IntervalVerdict:
+    confidence = analysis.confidence
+    verdict = judge_analysis(
+        bounds, evidence.estimates(bounds, STEP_WINDOW, measured.values, measured.histograms, confidence),
+        evidence.estimates(bounds, INTERVAL_WINDOW, measured.values, measured.histograms, confidence),
+        evidence.requests(measured.values), analysis.min_requests)
+    if measured.errors:
+        errors = "; ".join(f"{k}: {v}" for k, v in sorted(measured.errors.items()))[:400]
+        verdict = IntervalVerdict(verdict.verdict, verdict.gates, verdict.requests,
+                                  f"{verdict.message} (Prometheus: {errors})")
+    return verdict
+
+
+def analysis_run(verdict: IntervalVerdict, now: datetime, since: datetime | None, confidence: Decimal) -> AnalysisRun:
+    return AnalysisRun(at=now, verdict=verdict.verdict, since=since, confidence=text(confidence),
+                       requests=verdict.requests, gates=[_gate_result(g) for g in verdict.gates])
+
+
+def _gate_result(gate: GateVerdict) -> GateResult:
+    estimate = gate.estimate
+    return GateResult(
+        name=gate.name, value=None if estimate.value is None else text(estimate.value),
+        lower=None if estimate.lower is None else text(estimate.lower),
+        upper=None if estimate.upper is None else text(estimate.upper), max=text(gate.bound.max),
+        verdict=gate.verdict, window=gate.window, canary_samples=estimate.canary_samples,
+        stable_samples=estimate.stable_samples, min_samples=gate.bound.min_samples)
+
+
+def deciding_gate_text(gate: GateVerdict) -> str:
+    """The deciding gate for a rollback's message: its value, interval, bounds and what it rested on."""
+    estimate = gate.estimate
+    parts = [f"gate {gate.name}: value {text(estimate.value) if estimate.value is not None else 'none'}"]
+    if estimate.interval:
+        parts.append(f"interval {estimate.interval}")
+    parts.append(f"bound {text(gate.bound.max)}")
+    if gate.bound.abort_above is not None:
+        parts.append(f"abort bound {text(gate.bound.abort_above)}")
+    if estimate.canary_samples is not None:
+        sides = f"{estimate.canary_samples:,} canary" + (
+            f" and {estimate.stable_samples:,} stable" if estimate.stable_samples is not None else "")
+        parts.append(f"over {sides} samples ({'the last interval' if gate.window == INTERVAL_WINDOW else 'the step'})")
+    return ", ".join(parts)
