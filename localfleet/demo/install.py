@@ -27,8 +27,6 @@ CHART = REPO / "charts" / "qfleet"
 CRDS = REPO / "crds"
 RELEASE = "qfleet"
 CLAIM = "qfleet-artifacts"
-RECONCILE_INTERVAL = "2"
-"""Seconds between visits; the chart's default is 10, the demo's steps last seconds."""
 
 
 @dataclass
@@ -121,7 +119,7 @@ class Installation:
         account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
         kubeconfig = kube.service_account_kubeconfig(self.fleet.kubeconfig, api, self.namespace, account,
                                                      self.work_dir / "operator-kubeconfig", seconds=24 * 3600)
-        return from_chart(manifest, kubeconfig, self.operator_log, reconcile_interval=RECONCILE_INTERVAL)
+        return from_chart(manifest, kubeconfig, self.operator_log)
 
     # ---- down ----------------------------------------------------------------------------------------------------
     def down(self, stop_fleet: bool = True) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from qfleet import kube
+from qfleet import views as view_of
 from qfleet.manifests.names import LABEL_MODEL
 from qfleet.pipeline import JobView, NodeView
 from qfleet.pipeline.release import DeploymentView
@@ -114,7 +114,7 @@ class FleetCache:
             if event == DELETED:
                 views.pop(meta["name"], None)
             else:
-                views[meta["name"]] = kube.deployment_view(body)
+                views[meta["name"]] = view_of.deployment_view(body)
         return key
 
     def apply_service(self, event: str | None, body: Mapping[str, Any]) -> ModelKey | None:
@@ -148,7 +148,7 @@ class FleetCache:
     def apply_node(self, event: str | None, body: Mapping[str, Any]) -> bool:
         """True when what admission sees changed (not for a heartbeat)."""
         name = body["metadata"]["name"]
-        view = None if event == DELETED else kube.node_view(body)
+        view = None if event == DELETED else view_of.node_view(body)
         with self._lock:
             before = self.nodes.get(name)
             if before == view:
@@ -181,20 +181,27 @@ class FleetCache:
                     if any(c.get("type") == "Ready" and c.get("reason") == "NoCompatibleNodePool"
                            for c in (model.body.get("status") or {}).get("conditions") or [])]
 
+    def snapshot_nodes(self) -> list[NodeView]:
+        with self._lock:
+            return self._node_views()
+
+    def _node_views(self) -> list[NodeView]:
+        return [replace(view, count=count) for view, count in self.node_groups.values()]
+
     def snapshot(self, key: ModelKey) -> Snapshot | None:
         namespace = key[0]
         with self._lock:
             model = self.models.get(key)
             if model is None:
                 return None
-            jobs = {name: kube.job_view(job, list(self.pods.get((namespace, name), {}).values()))
+            jobs = {name: view_of.job_view(job, list(self.pods.get((namespace, name), {}).values()))
                     for name, job in self.jobs.get(key, {}).items()}
             route = self.routes.get((namespace, model.route)) if model.route else None
             return Snapshot(
                 body=copy.deepcopy(model.body), jobs=jobs, deployments=dict(self.deployments.get(key, {})),
                 services=copy.deepcopy(self.services.get(key, {})),
                 route=copy.deepcopy(route),
-                nodes=[replace(view, count=count) for view, count in self.node_groups.values()])
+                nodes=self._node_views())
 
 
 def _model_body(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -153,7 +153,7 @@ EXPECTED_RULES = {
     ("apps", "deployments"): ["list", "watch", "create"],
     ("apps", "deployments/scale"): ["patch"],
     ("", "services"): ["list", "watch", "create", "patch"],
-    ("gateway.networking.k8s.io", "httproutes"): ["get", "patch"],
+    ("gateway.networking.k8s.io", "httproutes"): ["list", "watch", "patch"],
 }
 
 

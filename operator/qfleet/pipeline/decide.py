@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from enum import StrEnum
 from fractions import Fraction
 from typing import Any
 
@@ -40,6 +39,7 @@ from qfleet.pipeline import records
 from qfleet.pipeline.admission import Admission, NodeView, admit
 from qfleet.pipeline.records import JobState, JobView
 from qfleet.pipeline.release import DeploymentView, Measured, ReleaseChanges, ReleaseInput, Servable, release
+from qfleet.pipeline.wake import next_wake
 from qfleet.revision import calibration_key, revision_of
 
 __all__ = ["Decision", "Event", "JobState", "JobView", "Observed", "decide"]
@@ -81,6 +81,8 @@ class Decision:
     create: list[dict[str, Any]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     release: ReleaseChanges = field(default_factory=ReleaseChanges)
+    wake: datetime | None = None
+    """When the model next needs a visit no event will bring (qfleet.pipeline.wake); None: only events and resync."""
 
 
 STEP_CONDITION = {Step.CALIBRATE: ConditionType.CALIBRATED, Step.BUILD: ConditionType.ENGINE_BUILT,
@@ -153,6 +155,7 @@ def decide(observed: Observed) -> Decision:
     decision = _finish(old, status, conditions, visit.create)
     decision.events = [*visit.events, *decision.events, *(Event(*event) for event in changes.events)]
     decision.release = changes
+    decision.wake = next_wake(spec, status, observed.now)
     return decision
 
 
@@ -197,7 +200,7 @@ def _has_next(spec: QuantizedModelSpec, admission: Admission, rejected: list[tup
 def _run_steps(visit: _Visit, admission: Admission) -> _QualityFailed | None:
     """Each step in turn from its record, else from its Job (created when missing); returns _QualityFailed when the
     evaluation failed the gate."""
-    spec, revision, fmt = visit.spec, visit.revision, admission.kv_format
+    revision, fmt = visit.revision, admission.kv_format
     assert fmt is not None and admission.compute_capability is not None
     status, conditions = visit.status, visit.conditions
     status.calibration, status.engine, status.evaluation = None, None, None
