@@ -42,6 +42,8 @@ class Snapshot:
 class _Model:
     body: dict[str, Any]
     route: str | None = None
+    waits_for_nodes: bool = False
+    """No node could admit it (Ready False, NoCompatibleNodePool): a node change may."""
 
 
 @dataclass
@@ -56,6 +58,8 @@ class FleetCache:
     nodes: dict[str, NodeView] = field(default_factory=dict)
     node_groups: dict[Hashable, tuple[NodeView, int]] = field(default_factory=dict)
     """Group key -> (a representative view, how many nodes)."""
+    _nodes_changed: set[str] = field(default_factory=set)
+    """Nodes whose view changed since their event handler last asked (`node_changed`)."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- feeding ------------------------------------------------------------------------------------------------
@@ -65,11 +69,15 @@ class FleetCache:
         with self._lock:
             if event == DELETED:
                 self.models.pop(key, None)
+            elif _older(meta, self.models.get(key)):
+                pass  # the watch delivers a version this operator already wrote past
             else:
                 spec = body.get("spec") or {}
                 route = (((spec.get("rollout") or {}).get("trafficRouting") or {}).get("gatewayAPI") or {}) \
                     .get("httpRoute")
-                self.models[key] = _Model(_model_body(body), route)
+                waits = any(c.get("type") == "Ready" and c.get("reason") == "NoCompatibleNodePool"
+                            for c in (body.get("status") or {}).get("conditions") or [])
+                self.models[key] = _Model(_model_body(body), route, waits)
         return key
 
     def apply_job(self, event: str | None, body: Mapping[str, Any]) -> ModelKey | None:
@@ -143,7 +151,14 @@ class FleetCache:
                 self.routes[(namespace, name)] = {"metadata": {"name": name, "namespace": namespace,
                                                                "resourceVersion": meta.get("resourceVersion")},
                                                   "spec": copy.deepcopy(body.get("spec") or {})}
-            return [key for key, model in self.models.items() if key[0] == namespace and model.route == name]
+            return self._route_models(namespace, name)
+
+    def route_models(self, namespace: str, name: str) -> list[ModelKey]:
+        with self._lock:
+            return self._route_models(namespace, name)
+
+    def _route_models(self, namespace: str, name: str) -> list[ModelKey]:
+        return [key for key, model in self.models.items() if key[0] == namespace and model.route == name]
 
     def apply_node(self, event: str | None, body: Mapping[str, Any]) -> bool:
         """True when what admission sees changed (not for a heartbeat)."""
@@ -159,7 +174,16 @@ class FleetCache:
             if view is not None:
                 self.nodes[name] = view
                 self._count(view, +1)
+            self._nodes_changed.add(name)
         return True
+
+    def node_changed(self, name: str) -> bool:
+        """Whether the node's view changed since the last time this was asked (once per change)."""
+        with self._lock:
+            if name in self._nodes_changed:
+                self._nodes_changed.discard(name)
+                return True
+            return False
 
     def _count(self, view: NodeView, change: int) -> None:
         group = _group_key(view)
@@ -177,9 +201,7 @@ class FleetCache:
     def waiting_for_nodes(self) -> list[ModelKey]:
         """Models that no node could admit: a node change may let them in."""
         with self._lock:
-            return [key for key, model in self.models.items()
-                    if any(c.get("type") == "Ready" and c.get("reason") == "NoCompatibleNodePool"
-                           for c in (model.body.get("status") or {}).get("conditions") or [])]
+            return [key for key, model in self.models.items() if model.waits_for_nodes]
 
     def snapshot_nodes(self) -> list[NodeView]:
         with self._lock:
@@ -211,6 +233,15 @@ def _model_body(body: Mapping[str, Any]) -> dict[str, Any]:
     return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
             "metadata": {k: copy.deepcopy(meta[k]) for k in kept if k in meta},
             "spec": copy.deepcopy(body.get("spec") or {}), "status": copy.deepcopy(body.get("status") or {})}
+
+
+def _older(meta: Mapping[str, Any], cached: _Model | None) -> bool:
+    """True when `meta` is an older version than the cached one. Kubernetes' resourceVersions are opaque; the
+    apiserver's etcd storage makes them increasing integers, and anything else is taken as newer."""
+    if cached is None:
+        return False
+    new, old = str(meta.get("resourceVersion", "")), str(cached.body["metadata"].get("resourceVersion", ""))
+    return new.isdigit() and old.isdigit() and int(new) < int(old)
 
 
 def _owner(meta: Mapping[str, Any]) -> ModelKey | None:

@@ -154,7 +154,9 @@ class Controller:
         if decision.status != observed.status:
             with telemetry.api_call("replace_status"):
                 written = kube.replace_status(self.api, body, decision.status)
-            if not written:
+            if written is not None:
+                self.cache.apply_model(None, written)  # read your own write: the watch brings it a moment later
+            if written is None:
                 log.info("Status of QuantizedModel %s/%s changed meanwhile; the next visit recomputes it",
                          namespace, name)
                 return observed.now + RETRY_AFTER_LOST_RACE, "conflict"

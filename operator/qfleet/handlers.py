@@ -17,7 +17,7 @@ from qfleet.api.group import GROUP, PLURAL, VERSION
 from qfleet.api.spec import DEFAULT_RUNTIME_IMAGE
 from qfleet.cache import DELETED, FleetCache
 from qfleet.controller import Controller, LoopSettings
-from qfleet.manifests.names import MANAGED_BY
+from qfleet.manifests.names import LABEL_MODEL, MANAGED_BY
 from qfleet.pipeline import Event
 
 PREFIX = "qfleet.io"
@@ -71,45 +71,100 @@ def _wake(key: Any) -> None:
         STATE["controller"].wake(key)
 
 
+# Each watched kind feeds the cache from an index function: Kopf runs index functions before any other handler and
+# holds every event handler until all of them have listed their kind, so no model is visited before the Nodes, Jobs
+# and Deployments it depends on are in the cache (a restart must not flap a serving model's status). The index
+# functions return None: the cache, not Kopf's index, keeps the views. The event handlers then only wake models, and
+# forget what was deleted.
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+async def cache_models(body: kopf.Body, **_: Any) -> None:
+    CACHE.apply_model(None, dict(body))
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def on_model(type: str | None, body: kopf.Body, **_: Any) -> None:
-    key = CACHE.apply_model(type, dict(body))
-    if type == DELETED:
-        if "controller" in STATE:
-            STATE["controller"].forget(key)
+    if type != DELETED:
+        _wake(model_key(body))
         return
-    _wake(key)
+    key = CACHE.apply_model(DELETED, dict(body))
+    if "controller" in STATE:
+        STATE["controller"].forget(key)
+
+
+@kopf.index("batch", "v1", "jobs", labels=OURS)
+async def cache_jobs(body: kopf.Body, **_: Any) -> None:
+    CACHE.apply_job(None, dict(body))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=OURS)
 async def on_job(type: str | None, body: kopf.Body, **_: Any) -> None:
-    _wake(CACHE.apply_job(type, dict(body)))
+    _wake(CACHE.apply_job(DELETED, dict(body)) if type == DELETED else owner_key(body))
+
+
+@kopf.index("", "v1", "pods", labels={**OURS, "qfleet.io/step": kopf.PRESENT})
+async def cache_step_pods(body: kopf.Body, **_: Any) -> None:
+    CACHE.apply_pod(None, dict(body))
 
 
 @kopf.on.event("", "v1", "pods", labels={**OURS, "qfleet.io/step": kopf.PRESENT})
 async def on_step_pod(type: str | None, body: kopf.Body, **_: Any) -> None:
-    _wake(CACHE.apply_pod(type, dict(body)))
+    _wake(CACHE.apply_pod(DELETED, dict(body)) if type == DELETED else owner_key(body))
+
+
+@kopf.index("apps", "v1", "deployments", labels=OURS)
+async def cache_deployments(body: kopf.Body, **_: Any) -> None:
+    CACHE.apply_deployment(None, dict(body))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=OURS)
 async def on_deployment(type: str | None, body: kopf.Body, **_: Any) -> None:
-    _wake(CACHE.apply_deployment(type, dict(body)))
+    _wake(CACHE.apply_deployment(DELETED, dict(body)) if type == DELETED else owner_key(body))
+
+
+@kopf.index("", "v1", "services", labels=OURS)
+async def cache_services(body: kopf.Body, **_: Any) -> None:
+    CACHE.apply_service(None, dict(body))
 
 
 @kopf.on.event("", "v1", "services", labels=OURS)
 async def on_service(type: str | None, body: kopf.Body, **_: Any) -> None:
-    _wake(CACHE.apply_service(type, dict(body)))
+    _wake(CACHE.apply_service(DELETED, dict(body)) if type == DELETED else owner_key(body))
+
+
+@kopf.index("gateway.networking.k8s.io", "v1", "httproutes")
+async def cache_routes(body: kopf.Body, **_: Any) -> None:
+    CACHE.apply_route(None, dict(body))
 
 
 @kopf.on.event("gateway.networking.k8s.io", "v1", "httproutes")
 async def on_route(type: str | None, body: kopf.Body, **_: Any) -> None:
-    for key in CACHE.apply_route(type, dict(body)):
+    keys = CACHE.apply_route(DELETED, dict(body)) if type == DELETED else CACHE.route_models(
+        body["metadata"]["namespace"], body["metadata"]["name"])
+    for key in keys:
         _wake(key)
+
+
+@kopf.index("", "v1", "nodes")
+async def cache_nodes(body: kopf.Body, **_: Any) -> None:
+    CACHE.apply_node(None, dict(body))
 
 
 @kopf.on.event("", "v1", "nodes")
 async def on_node(type: str | None, body: kopf.Body, **_: Any) -> None:
     """A node's heartbeat changes nothing admission sees; a new, lost or relabelled node may admit a waiting model."""
-    if CACHE.apply_node(type, dict(body)):
+    name = body["metadata"]["name"]
+    changed = CACHE.apply_node(DELETED, dict(body)) if type == DELETED else CACHE.node_changed(name)
+    if changed:
         for key in CACHE.waiting_for_nodes():
             _wake(key)
+
+
+def model_key(body: kopf.Body) -> tuple[str, str]:
+    return body["metadata"]["namespace"], body["metadata"]["name"]
+
+
+def owner_key(body: kopf.Body) -> tuple[str, str] | None:
+    model = (body["metadata"].get("labels") or {}).get(LABEL_MODEL)
+    return (body["metadata"]["namespace"], model) if model else None

@@ -86,22 +86,22 @@ def children_selector(model: str) -> str:
     return f"{LABEL_MODEL}={model}"
 
 
-def replace_status(api: k8s.ApiClient, body: dict, status: dict) -> bool:
+def replace_status(api: k8s.ApiClient, body: dict, status: dict) -> dict | None:
     """Writes the whole status (a PUT of the status subresource, guarded by resourceVersion, so fields that went away
-    are removed). Returns False on a conflict: someone wrote meanwhile and the next visit recomputes."""
+    are removed) and returns the object as written. None on a conflict: someone wrote meanwhile and the next visit
+    recomputes."""
     meta = body["metadata"]
     document = {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": {
         "name": meta["name"], "namespace": meta["namespace"], "resourceVersion": meta["resourceVersion"]},
         "spec": body.get("spec", {}), "status": status}
     LIMIT.acquire()
     try:
-        k8s.CustomObjectsApi(api).replace_namespaced_custom_object_status(
+        return k8s.CustomObjectsApi(api).replace_namespaced_custom_object_status(
             GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], document, _request_timeout=REQUEST_TIMEOUT)
     except ApiException as error:
         if error.status in (404, 409):
-            return False
+            return None
         raise
-    return True
 
 
 class NotFound(LookupError):
