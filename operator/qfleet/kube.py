@@ -47,14 +47,21 @@ def node_view(node: Mapping[str, Any]) -> NodeView:
 
 
 def job_view(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> JobView:
-    """A Job and its pods: finished or not, the step's summary (termination message) and why it failed."""
+    """A Job and its pods: finished or not, the step's summary (termination message) and why it failed. A finished
+    Job whose pods are all gone is finished with what the Job says (its summary went with them)."""
     conditions = {c.get("type"): c for c in (job.get("status") or {}).get("conditions") or []
                   if c.get("status") == "True"}
+    pods = list(pods)
     terminated = [_terminated(p) for p in pods]
     terminated = [t for t in terminated if t is not None]
     terminated.sort(key=lambda t: t.get("finishedAt") or "")
     last = terminated[-1] if terminated else {}
     name, uid = job["metadata"]["name"], job["metadata"].get("uid")
+    finished = {"Complete", "SuccessCriteriaMet", "Failed", "FailureTarget"} & set(conditions)
+    if finished and pods and not terminated:
+        # The Job's verdict arrived before its pod's final state (two watches): the summary is in the latter, and a
+        # result once recorded is the record, so wait for the pod (its event wakes the model).
+        return JobView(name, JobState.RUNNING, uid=uid)
     if "Complete" in conditions or "SuccessCriteriaMet" in conditions:
         succeeded = [t for t in terminated if t.get("exitCode") == 0]
         done = conditions.get("Complete") or conditions.get("SuccessCriteriaMet") or {}
