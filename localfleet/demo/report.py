@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import math
 import platform
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -165,10 +166,17 @@ def _markdown(results: Sequence[StoryResult], samples: Sequence[Sample], capacit
                          f"client p50 {p50}, p99 {p99}")
         analyses = [s for s in _analyses(samples) if s.story == result.key]
         if analyses:
-            lines += ["", "| t (s) | weight | verdict | canary requests | " + " | ".join(GATES) + " |",
+            confidence = next((s.confidence for s in analyses if s.confidence), None)
+            lines += ["", "Each analysis judged every gate on the evidence since its step started (an abort also on "
+                      "the last interval alone, marked 'last interval'): the value, its confidence interval "
+                      f"(each bound one-sided at {confidence or 'the spec confidence'}), its bound, and the canary "
+                      "and stable sample sizes it rests on (requests; KV tokens for the fallback rate; scored "
+                      "requests for quality).", "",
+                      "| t (s) | weight | verdict | canary requests | " + " | ".join(GATES) + " |",
                       "|---|---|---|---|" + "---|" * len(GATES)]
             for s in analyses:
-                gates = " | ".join(_cell(s.gates.get(g), s.bounds.get(g)) for g in GATES)
+                gates = " | ".join(_cell(s.gates.get(g), s.bounds.get(g), s.intervals.get(g), s.samples.get(g),
+                                         s.windows.get(g)) for g in GATES)
                 weight = "-" if s.weight is None else f"{s.weight:g}%"
                 lines.append(f"| {s.t:.0f} | {weight} | {s.verdict} | {s.requests} | {gates} |")
         lines.append("")
@@ -191,10 +199,18 @@ def _markdown(results: Sequence[StoryResult], samples: Sequence[Sample], capacit
     return "\n".join(lines)
 
 
-def _cell(value: float | None, bound: float | None) -> str:
+def _cell(value: float | None, bound: float | None, interval: tuple | None = None,
+          samples: tuple[int | None, int | None] | None = None, window: str | None = None) -> str:
+    canary, stable = samples or (None, None)
+    sizes = "" if canary is None else f"; n {canary:,}" + ("" if stable is None else f" / {stable:,}")
     if value is None:
-        return "no data"
-    return f"{value:.4g} (max {bound:g})" if bound is not None else f"{value:.4g}"
+        return "no data" + sizes
+    shown = f"{value:.4g}"
+    if interval is not None and None not in interval:
+        shown += " [" + ", ".join("+Inf" if b == math.inf else f"{b:.4g}" for b in interval) + "]"
+    if bound is not None:
+        shown += f" (max {bound:g})"
+    return shown + sizes + ("; last interval" if window == "interval" else "")
 
 
 def _fmt(value) -> str:

@@ -37,9 +37,17 @@ class Sample:
     requests: int | None
     gates: Mapping[str, float | None] = field(default_factory=dict)
     bounds: Mapping[str, float | None] = field(default_factory=dict)
+    intervals: Mapping[str, tuple[float | None, float | None] | None] = field(default_factory=dict)
+    """Each gate's (lower, upper) confidence bounds; None for a gate judged on its value alone."""
+    samples: Mapping[str, tuple[int | None, int | None]] = field(default_factory=dict)
+    """Each gate's (canary, stable) sample sizes."""
+    windows: Mapping[str, str | None] = field(default_factory=dict)
+    """What each gate's verdict rests on: step or interval."""
+    confidence: str | None = None
 
 
 def _number(value: Any) -> float | None:
+    """A decimal string as a float ("+Inf", the bound the data cannot give, is infinity)."""
     try:
         return None if value is None else float(value)
     except (TypeError, ValueError):
@@ -60,7 +68,18 @@ def sample_of(document: Mapping[str, Any], story: str, t: float) -> Sample:
                   canary=revision.get("canary"), weight=_number(canary.get("weight")) if canary else None,
                   verdict=analysis.get("verdict"), analysis_at=analysis.get("at"), requests=analysis.get("requests"),
                   gates={name: _number(gates.get(name, {}).get("value")) for name in GATES},
-                  bounds={name: _number(gates.get(name, {}).get("max")) for name in GATES})
+                  bounds={name: _number(gates.get(name, {}).get("max")) for name in GATES},
+                  intervals={name: _interval(gates.get(name, {})) for name in GATES},
+                  samples={name: (gates.get(name, {}).get("canarySamples"), gates.get(name, {}).get("stableSamples"))
+                           for name in GATES},
+                  windows={name: gates.get(name, {}).get("window") for name in GATES},
+                  confidence=analysis.get("confidence"))
+
+
+def _interval(gate: Mapping[str, Any]) -> tuple[float | None, float | None] | None:
+    if "lower" not in gate or "upper" not in gate:
+        return None
+    return _number(gate["lower"]), _number(gate["upper"])
 
 
 def condition(document: Mapping[str, Any], kind: str) -> Mapping[str, Any]:

@@ -2,8 +2,9 @@
 estimate (value, confidence bounds, sample sizes) made from the answers.
 
 Pure: the queries are strings, the answers plain numbers and bucket lists. The step window runs from the step's start
-(kept in status, so a restarted operator reads the same window) to now and carries Pass and Fail; the interval window
-is the last analysis interval and carries only the fast abort signal of gates with `abortAbove`.
+(kept in status, so a restarted operator reads the same window; after `analysis.warmup`) to now and carries Pass and
+Fail; the interval window is the last analysis interval and carries only the fast abort signal of gates with
+`abortAbove`.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ def key(window: str, gate: str, part: str) -> str:
     return f"{window}/{gate}/{part}"
 
 
-def step_seconds(step_started_at: datetime, now: datetime) -> int:
-    """The step window's length: whole seconds since the step started, at least one."""
-    return max(1, math.ceil((now - step_started_at) / timedelta(seconds=1)))
+def step_seconds(since: datetime, now: datetime) -> int:
+    """The step window's length: whole seconds since its evidence started, at least one."""
+    return max(1, math.ceil((now - since) / timedelta(seconds=1)))
 
 
 def queries(bounds: Sequence[GateBound], step: Window, interval: Window) -> Queries:
@@ -87,32 +88,40 @@ def requests(values: Mapping[str, Decimal | None]) -> int | None:
     return None if found is None else round(found)
 
 
+@dataclass(frozen=True)
+class _Answers:
+    """One window's answers, read by gate and part."""
+
+    window: str
+    values: Mapping[str, Decimal | None]
+    histograms: Mapping[str, Buckets | None]
+
+    def value(self, gate: str, part: str) -> Decimal | None:
+        return self.values.get(key(self.window, gate, part))
+
+    def histogram(self, gate: str, side: str) -> stats.Histogram | None:
+        buckets = self.histograms.get(key(self.window, gate, side))
+        return stats.Histogram.of([(le, float(n)) for le, n in buckets]) if buckets else None
+
+
 def estimates(bounds: Sequence[GateBound], window: str, values: Mapping[str, Decimal | None],
               histograms: Mapping[str, Buckets | None], confidence: Decimal) -> dict[str, Estimate]:
     """Each gate's estimate over one window from the answers to `queries`."""
-    level = float(confidence)
+    answers, level = _Answers(window, values, histograms), float(confidence)
     found = {}
     for bound in bounds:
+        name = bound.name
         if window == INTERVAL_WINDOW and bound.abort_above is None:
             continue
-        name = bound.name
-
-        def value(part: str, gate: str = name) -> Decimal | None:
-            return values.get(key(window, gate, part))
-
-        def histogram(side: str, gate: str = name) -> stats.Histogram | None:
-            buckets = histograms.get(key(window, gate, side))
-            return None if not buckets else stats.Histogram.of([(le, float(n)) for le, n in buckets])
-
         if bound.query or name not in (P99_LATENCY_RATIO, FALLBACK_RATE, QUALITY_DROP):
-            found[name] = Estimate(value("value"))
+            found[name] = Estimate(answers.value(name, "value"))
         elif name == P99_LATENCY_RATIO:
-            found[name] = _latency(histogram("canary"), histogram("stable"), level)
+            found[name] = _latency(answers.histogram(name, "canary"), answers.histogram(name, "stable"), level)
         elif name == FALLBACK_RATE:
-            found[name] = _fallback(value("fallback"), value("tokens"), level)
+            found[name] = _fallback(answers.value(name, "fallback"), answers.value(name, "tokens"), level)
         else:
-            found[name] = _quality(histogram("canary"), value("canary-sum"), histogram("stable"), value("stable-sum"),
-                                   level)
+            found[name] = _quality(answers.histogram(name, "canary"), answers.value(name, "canary-sum"),
+                                   answers.histogram(name, "stable"), answers.value(name, "stable-sum"), level)
     return found
 
 

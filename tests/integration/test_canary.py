@@ -1,7 +1,8 @@
 """The canary on the local fleet with simulated serving pods (KWOK): the operator's children, the HTTPRoute's weights
-and the analysis against the fleet's real Prometheus. Simulated pods export no metrics, so every interval is
-Inconclusive: these tests show that silence never promotes and rolls back at the inconclusive limit, and that a
-person's promote works. The gates against real Triton servers are in test_canary_triton.py."""
+and the analysis against the fleet's real Prometheus. Simulated pods export no metrics, so every analysis is
+Inconclusive: these tests show that silence never promotes, holds past the step's pause with an Event and rolls back
+when maxHold runs out, and that a person's promote works. The gates against real Triton servers are in
+test_canary_triton.py."""
 from __future__ import annotations
 
 import pytest
@@ -22,7 +23,7 @@ def canary_model(prometheus: str, **rollout) -> dict:
         "trafficRouting": {"gatewayAPI": {"httpRoute": "llama-route"}},
         "steps": [{"weight": "0.1", "pause": "1s"}, {"weight": "10", "pause": "1s"}, {"weight": "100"}],
         "analysis": {"interval": "2s", "prometheus": {"address": prometheus}, "minRequests": 1,
-                     "failureLimit": 1, "inconclusiveLimit": 2},
+                     "failureLimit": 1, "maxHold": "8s"},
         **rollout})
     document["spec"]["quantization"]["kvCache"] = "fp8"
     document["spec"]["serving"]["replicas"] = 1  # 8 GPUs a replica: the fleet's Blackwell pool fits stable, canary and Jobs
@@ -61,7 +62,7 @@ def serve_fp8_then_canary_nvfp4(objects, namespace, fleet, operator_process, **r
     return stable, read(objects, namespace, "llama")["status"]["revision"]["canary"]
 
 
-def test_a_silent_canary_never_promotes_and_rolls_back_at_the_inconclusive_limit(
+def test_a_silent_canary_holds_for_evidence_and_rolls_back_when_max_hold_runs_out(
         api, objects, namespace, fleet, route, operator_process):
     apps = k8s.AppsV1Api(api)
     stable, canary = serve_fp8_then_canary_nvfp4(objects, namespace, fleet, operator_process)
@@ -69,8 +70,19 @@ def test_a_silent_canary_never_promotes_and_rolls_back_at_the_inconclusive_limit
 
     wait_until("0.1% of the traffic on the canary once it is ready (integer weights 999 : 1)",
                lambda: weights(api, namespace) == {"llama-stable": 999, "llama-canary": 1}, 90, interval=0.3)
+    holding = wait_for_condition(objects, namespace, "llama", "CanaryHealthy", "Unknown", operator_process,
+                                 reason="HoldingForEvidence", timeout=60)
+    message = condition(holding, "CanaryHealthy")["message"]
+    assert "no request count" in message and "p99LatencyRatio: no data" in message and "maxHold 8s" in message
+    assert holding["status"]["canary"]["weight"] == "0.1"
+
+    def hold_event() -> list:
+        return [e for e in k8s.CoreV1Api(api).list_namespaced_event(
+            namespace, field_selector="involvedObject.name=llama").items if e.reason == "HoldingForEvidence"]
+    wait_until("an Event for the hold", hold_event, 30, interval=0.5)
+    assert "p99LatencyRatio: no data" in hold_event()[0].message
     rolled = wait_for_condition(objects, namespace, "llama", "RolledBack", "True", operator_process,
-                                reason="InconclusiveLimitReached", timeout=120)
+                                reason="MaxHoldReached", timeout=60)
     status = rolled["status"]
     assert status["revision"]["stable"] == stable and "canary" not in status["revision"]
     assert status["phase"] == "RolledBack"
@@ -85,7 +97,7 @@ def test_a_silent_canary_never_promotes_and_rolls_back_at_the_inconclusive_limit
 
 def test_a_person_promotes_with_kubectl_qfleet_and_the_annotation_is_consumed(api, objects, namespace, fleet, route,
                                                                  operator_process):
-    stable, canary = serve_fp8_then_canary_nvfp4(objects, namespace, fleet, operator_process, inconclusiveLimit=50)
+    stable, canary = serve_fp8_then_canary_nvfp4(objects, namespace, fleet, operator_process)
     assert plugin.main(["promote", "llama", "-n", namespace, "--kubeconfig", str(fleet.kubeconfig)]) == 0
     wait_until("the promotion", lambda: read(objects, namespace, "llama")["status"]["revision"].get("stable")
                == canary, 60, interval=0.3)
@@ -108,12 +120,12 @@ def test_a_person_promotes_with_kubectl_qfleet_and_the_annotation_is_consumed(ap
 
 def test_prometheus_out_of_reach_is_inconclusive_never_a_pass(api, objects, namespace, fleet, route,
                                                               operator_process):
-    create(objects, namespace, canary_model("http://127.0.0.1:9", inconclusiveLimit=50))
+    create(objects, namespace, canary_model("http://127.0.0.1:9"))
     wait_for_condition(objects, namespace, "llama", "Ready", "True", operator_process, reason="RevisionServing",
                        timeout=90)
     objects.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "llama",
                                            {"spec": {"quantization": {"kvCache": "nvfp4"}}})
     analysed = wait_for_condition(objects, namespace, "llama", "CanaryHealthy", "Unknown", operator_process,
-                                  reason="AnalysisInconclusive", timeout=90)
+                                  reason="HoldingForEvidence", timeout=90)
     assert "Prometheus" in condition(analysed, "CanaryHealthy")["message"]
     assert analysed["status"]["canary"]["step"] == 0

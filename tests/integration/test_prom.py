@@ -1,4 +1,5 @@
-"""qfleet.prom against the fleet's real Prometheus: numbers, silence, and a Prometheus that is not there."""
+"""qfleet.prom against the fleet's real Prometheus: numbers, counts by bucket, silence, and a Prometheus that is not
+there."""
 from __future__ import annotations
 
 from decimal import Decimal
@@ -17,6 +18,14 @@ def test_measure_reads_numbers_and_treats_silence_and_nan_as_no_value(fleet):
     assert result.errors == {}
 
 
+def test_histogram_queries_give_their_buckets(fleet):
+    buckets = ('sum by (le) (label_replace(vector(3), "le", "0.5", "", "") or '
+               'label_replace(vector(7), "le", "+Inf", "", ""))')
+    result = measure(fleet.prometheus_url(), {}, {"latency": buckets, "silent": 'x_bucket{le="1"}'})
+    assert sorted(result.histograms["latency"]) == [(0.5, Decimal(3)), (float("inf"), Decimal(7))]
+    assert result.histograms["silent"] is None and result.errors == {}
+
+
 def test_a_bad_query_is_an_error_not_a_value(fleet):
     result = measure(fleet.prometheus_url(), {"broken": "sum(rate(x[5m]"})
     assert result.values == {"broken": None}
@@ -25,6 +34,8 @@ def test_a_bad_query_is_an_error_not_a_value(fleet):
 
 def test_an_unreachable_prometheus_gives_no_values_and_says_why():
     port = free_ports(1)[0]  # nothing listens there
-    result = measure(f"http://127.0.0.1:{port}", {"p99LatencyRatio": "vector(1)"}, timeout=2)
-    assert result.values == {"p99LatencyRatio": None}
-    assert "Connection" in result.errors["p99LatencyRatio"]
+    result = measure(f"http://127.0.0.1:{port}", {"step/requests/canary": "vector(1)"},
+                     {"step/p99LatencyRatio/canary": "vector(1)"}, timeout=2)
+    assert result.values == {"step/requests/canary": None} and result.histograms == {"step/p99LatencyRatio/canary": None}
+    assert "Connection" in result.errors["step/requests/canary"]
+    assert result.errors["step/p99LatencyRatio/canary"] == result.errors["step/requests/canary"]  # asked once

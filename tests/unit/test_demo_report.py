@@ -5,8 +5,11 @@ from localfleet.demo import report
 from localfleet.demo.stories import StoryResult
 from localfleet.demo.watch import sample_of
 
-ANALYSIS = {"at": "2026-11-24T02:00:00Z", "verdict": "Abort", "requests": 1,
-            "gates": [{"name": "fallbackRate", "value": "1", "max": "0.1", "verdict": "Abort"}]}
+ANALYSIS = {"at": "2026-11-24T02:00:00Z", "verdict": "Abort", "requests": 1, "confidence": "0.95",
+            "gates": [{"name": "fallbackRate", "value": "1", "lower": "0.7", "upper": "1", "max": "0.1",
+                       "verdict": "Abort", "window": "interval", "canarySamples": 9},
+                      {"name": "p99LatencyRatio", "value": "1.1", "lower": "0.8", "upper": "+Inf", "max": "2",
+                       "verdict": "Inconclusive", "window": "step", "canarySamples": 1, "stableSamples": 40}]}
 
 
 def model(current: str, canary: dict | None, history: list[dict]) -> dict:
@@ -44,7 +47,9 @@ def test_the_report_is_written_from_the_samples(tmp_path) -> None:
                         {"cpus": "2", "python": "Python 3", "platform": "Linux", "started": "t", "seconds": "3"},
                         passed=True, short=True)
     text = path.read_text()
-    assert "| 2 | 1% | Abort | 1 | no data | 1 (max 0.1) | no data |" in text
+    assert "| 2 | 1% | Abort | 1 | 1.1 [0.8, +Inf] (max 2); n 1 / 40 | 1 [0.7, 1] (max 0.1); n 9; last interval | " \
+        "no data |" in text
+    assert "each bound one-sided at 0.95" in text
     assert "| c2 | fp8 | 11,530 | 3 |" in text
     assert all((tmp_path / name).read_bytes()[:4] == b"\x89PNG" for name in ("weights.png", "gates.png",
                                                                               "capacity.png"))

@@ -197,3 +197,21 @@ def test_a_rollout_verb_on_a_missing_model_is_an_error(capsys):
 
     assert main(["pause", "nope", "-n", "ml"], patcher=patcher) == 1
     assert "kubectl qfleet pause: error: QuantizedModel ml/nope not found" in capsys.readouterr().err
+
+
+def test_the_last_analysis_shows_each_gate_with_its_interval_and_samples():
+    document = {"metadata": {"name": "llama", "namespace": "ml"}, "spec": {}, "status": {"canary": {
+        "step": 0, "weight": "1", "stepStartedAt": "2026-11-23T10:00:00Z", "lastAnalysis": {
+            "at": "2026-11-23T11:00:00Z", "since": "2026-11-23T10:00:00Z", "verdict": "Inconclusive",
+            "confidence": "0.95", "requests": 180, "gates": [
+                {"name": "p99LatencyRatio", "value": "1.02", "lower": "0.91", "upper": "1.31", "max": "1.2",
+                 "verdict": "Inconclusive", "window": "step", "canarySamples": 180, "stableSamples": 17820,
+                 "minSamples": 500},
+                {"name": "ttft", "value": "0.4", "max": "0.8", "verdict": "Pass", "window": "step"}]}}}}
+    text = render_status(document)
+    assert "since 2026-11-23T10:00:00Z, verdict Inconclusive, canary requests 180, confidence 0.95" in text
+    rows = [line.split() for line in text.splitlines() if line.startswith("    ")]
+    assert rows[0][:3] == ["GATE", "VALUE", "INTERVAL"]
+    assert rows[1] == ["p99LatencyRatio", "1.02", "[0.91,", "1.31]", "1.2", "180", "17,820", "500", "step",
+                       "Inconclusive"]
+    assert rows[2] == ["ttft", "0.4", "-", "0.8", "-", "-", "-", "step", "Pass"]

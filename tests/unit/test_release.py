@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -452,3 +451,13 @@ def test_a_canary_waits_with_a_clear_message_when_the_route_cannot_carry_it(rout
     canary = next(c for c in world.status["conditions"] if c["type"] == "CanaryHealthy")
     assert canary["status"] == "Unknown" and says in canary["message"] and "llama-stable" in canary["message"]
     assert world.status["canary"]["weight"] == "0" and world.asked == []
+
+
+def test_a_warm_up_leaves_the_steps_first_seconds_out_of_its_evidence_but_not_out_of_the_abort() -> None:
+    spec = with_rollout(NVFP4, analysis={**SPEC["rollout"]["analysis"], "warmup": "4s"})
+    world = start_canary(serving_stable(), spec)
+    world.at(1).visit()  # step 1 starts
+    world.at(11).visit()
+    asked = world.asked[0]
+    assert "[6s]" in asked["step/requests/canary"] and "[10s]" in asked["interval/qualityDrop/canary-sum"]
+    assert world.status["canary"]["lastAnalysis"]["since"] == "2026-11-23T12:00:05Z"

@@ -126,6 +126,7 @@ class Analysis(SpecObject):
     prometheus: Prometheus = Field(default_factory=Prometheus)
     min_requests: int = Field(default=200, ge=0, le=1_000_000_000)
     gates: Gates = Field(default_factory=Gates)
+    warmup: Duration = timedelta(0)
     confidence: Confidence = Decimal("0.95")
     failure_limit: int = Field(default=2, ge=1, le=100)
     inconclusive_policy: InconclusivePolicy = "hold"

@@ -39,6 +39,25 @@ def _number(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
+def _analysis(analysis: Mapping[str, Any]) -> list[str]:
+    """The last analysis: its window and confidence, then each gate's value, interval, bound and evidence."""
+    confidence = analysis.get("confidence")
+    lines = ["  last analysis " + _fields([
+        ("at", analysis.get("at")), ("since", analysis.get("since")), ("verdict", analysis.get("verdict")),
+        ("canary requests", _number(analysis["requests"]) if "requests" in analysis else None),
+        ("confidence", confidence)])]
+    gates = analysis.get("gates") or []
+    if gates:
+        lines += _table([("GATE", "VALUE", f"INTERVAL ({confidence or NONE} each side)", "BOUND", "CANARY", "STABLE",
+                          "NEEDS", "WINDOW", "VERDICT")] + [
+            (g.get("name", NONE), g.get("value") or "no data",
+             f"[{g['lower']}, {g['upper']}]" if "lower" in g and "upper" in g else NONE,
+             g.get("max") or NONE, *(_number(g[k]) if k in g else NONE for k in ("canarySamples", "stableSamples",
+                                                                                  "minSamples")),
+             g.get("window") or NONE, g.get("verdict", NONE)) for g in gates], indent="    ")
+    return lines
+
+
 def render_status(document: Mapping[str, Any]) -> str:
     """The whole timeline: header, conditions in pipeline order, then each result the status holds."""
     meta, spec = document.get("metadata", {}), document.get("spec", {})
@@ -132,13 +151,7 @@ def render_status(document: Mapping[str, Any]) -> str:
             ("inconclusive", canary.get("consecutiveInconclusive"))]))
         analysis = canary.get("lastAnalysis")
         if analysis:
-            lines.append("  last analysis " + _fields([("at", analysis.get("at")), ("verdict", analysis.get("verdict")),
-                                                        ("canary requests", analysis.get("requests"))]))
-            gates = analysis.get("gates") or []
-            if gates:
-                lines += _table([("GATE", "VALUE", "BOUND", "VERDICT")] + [
-                    (g.get("name", NONE), g.get("value") or "no data", g.get("max") or NONE, g.get("verdict", NONE))
-                    for g in gates], indent="    ")
+            lines += _analysis(analysis)
 
     history = status.get("history")
     lines += ["", "History"]

@@ -43,11 +43,19 @@ class Revisions:
     stable: str
 
 
+def evidence_since(analysis: Analysis, step_started_at: datetime) -> datetime:
+    """Where the step window starts: the step's start, after its warm-up (new weight, perhaps new replicas: cold
+    caches and lazy set-up are not the revision's steady latency)."""
+    return step_started_at + analysis.warmup
+
+
 def measure_request(analysis: Analysis, bounds: list[GateBound], revisions: Revisions, step_started_at: datetime,
                     interval: timedelta, now: datetime) -> MeasureRequest:
-    """The step window (since the step started) for Pass and Fail, the last interval for the abort signals."""
+    """The step window (since the step started, after its warm-up) for Pass and Fail, the last interval for the
+    abort signals (warm-up included: a broken canary aborts at once)."""
+    since = evidence_since(analysis, step_started_at)
     windows = [Window(revisions.namespace, revisions.model, revisions.canary, revisions.stable, seconds)
-               for seconds in (evidence.step_seconds(step_started_at, now), max(1, int(interval.total_seconds())))]
+               for seconds in (evidence.step_seconds(since, now), max(1, int(interval.total_seconds())))]
     asked = evidence.queries(bounds, *windows)
     return MeasureRequest(str(analysis.prometheus.address), asked.values, asked.histograms)
 

@@ -43,6 +43,7 @@ from qfleet.pipeline.analysis import (
     Revisions,
     analysis_run,
     deciding_gate_text,
+    evidence_since,
     judge,
     measure_request,
 )
@@ -381,7 +382,7 @@ class _Release:
             self.changes.measure = measure_request(analysis, bounds, revisions, state.step_started_at,
                                                    effective_interval(analysis, step), given.now)
             return None
-        self.judged_since = state.step_started_at
+        self.judged_since = evidence_since(analysis, state.step_started_at)
         verdict = judge(analysis, bounds, given.measured)
         self._record_verdict(verdict)
         return verdict
