@@ -263,8 +263,8 @@ def test_the_runtime_image_defaults_to_the_runtime_built_for_this_version_and_ca
 
 
 def test_the_control_loop_settings_reach_the_operator(helm):
-    container = kinds(render(helm, "--set", "workers=8", "--set-string", "resyncPeriod=300", "--set-string", "apiQPS=50",
-                             "--set", "apiBurst=100"))["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    container = kinds(render(helm, "--set", "workers=8", "--set-string", "resyncPeriod=300",
+                             "--set-string", "apiQPS=50", "--set", "apiBurst=100"))["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert {key: env[key] for key in ("QFLEET_WORKERS", "QFLEET_RESYNC_SECONDS", "QFLEET_API_QPS",
                                       "QFLEET_API_BURST")} == {"QFLEET_WORKERS": "8", "QFLEET_RESYNC_SECONDS": "300",
