@@ -30,6 +30,7 @@ DELETED = "DELETED"
 class Snapshot:
     """One model and its children, as the watches last saw them."""
 
+    key: ModelKey
     body: dict[str, Any]
     jobs: dict[str, JobView]
     deployments: dict[str, DeploymentView]
@@ -58,6 +59,8 @@ class FleetCache:
     nodes: dict[str, NodeView] = field(default_factory=dict)
     node_groups: dict[Hashable, tuple[NodeView, int]] = field(default_factory=dict)
     """Group key -> (a representative view, how many nodes)."""
+    _versions: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    """(kind, namespace, name) -> the newest resourceVersion seen of a child this operator also writes."""
     _nodes_changed: set[str] = field(default_factory=set)
     """Nodes whose view changed since their event handler last asked (`node_changed`)."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -121,9 +124,26 @@ class FleetCache:
             views = self.deployments.setdefault(key, {})
             if event == DELETED:
                 views.pop(meta["name"], None)
-            else:
+            elif self._newer(("Deployment", meta["namespace"], meta["name"]), meta.get("resourceVersion")):
                 views[meta["name"]] = view_of.deployment_view(body)
         return key
+
+    def scaled(self, key: ModelKey, name: str, replicas: int, version: str) -> None:
+        """This operator scaled the Deployment: its watch event comes a moment later, and a visit in between must
+        not act on the old size."""
+        with self._lock:
+            view = self.deployments.get(key, {}).get(name)
+            if view is not None and self._newer(("Deployment", key[0], name), version):
+                self.deployments[key][name] = replace(view, replicas=replicas)
+
+    def _newer(self, child: tuple[str, str, str], version: str | None) -> bool:
+        """Records `version` unless an older one than already seen (then False: the event is stale)."""
+        seen = self._versions.get(child)
+        if seen is not None and version is not None and _before(version, seen):
+            return False
+        if version is not None:
+            self._versions[child] = version
+        return True
 
     def apply_service(self, event: str | None, body: Mapping[str, Any]) -> ModelKey | None:
         meta = body["metadata"]
@@ -147,7 +167,7 @@ class FleetCache:
         with self._lock:
             if event == DELETED:
                 self.routes.pop((namespace, name), None)
-            else:
+            elif self._newer(("HTTPRoute", namespace, name), meta.get("resourceVersion")):
                 self.routes[(namespace, name)] = {"metadata": {"name": name, "namespace": namespace,
                                                                "resourceVersion": meta.get("resourceVersion")},
                                                   "spec": copy.deepcopy(body.get("spec") or {})}
@@ -220,7 +240,7 @@ class FleetCache:
                     for name, job in self.jobs.get(key, {}).items()}
             route = self.routes.get((namespace, model.route)) if model.route else None
             return Snapshot(
-                body=copy.deepcopy(model.body), jobs=jobs, deployments=dict(self.deployments.get(key, {})),
+                key=key, body=copy.deepcopy(model.body), jobs=jobs, deployments=dict(self.deployments.get(key, {})),
                 services=copy.deepcopy(self.services.get(key, {})),
                 route=copy.deepcopy(route),
                 nodes=self._node_views())
@@ -236,12 +256,16 @@ def _model_body(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _older(meta: Mapping[str, Any], cached: _Model | None) -> bool:
-    """True when `meta` is an older version than the cached one. Kubernetes' resourceVersions are opaque; the
-    apiserver's etcd storage makes them increasing integers, and anything else is taken as newer."""
+    """True when `meta` is an older version than the cached one."""
     if cached is None:
         return False
-    new, old = str(meta.get("resourceVersion", "")), str(cached.body["metadata"].get("resourceVersion", ""))
-    return new.isdigit() and old.isdigit() and int(new) < int(old)
+    return _before(str(meta.get("resourceVersion", "")), str(cached.body["metadata"].get("resourceVersion", "")))
+
+
+def _before(version: str, other: str) -> bool:
+    """Kubernetes' resourceVersions are opaque; the apiserver's etcd storage makes them increasing integers, and
+    anything else is taken as newer."""
+    return version.isdigit() and other.isdigit() and int(version) < int(other)
 
 
 def _owner(meta: Mapping[str, Any]) -> ModelKey | None:

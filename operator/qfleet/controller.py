@@ -195,12 +195,16 @@ class Controller:
             if view is None:
                 continue  # just created at its size, or already gone
             with telemetry.api_call("scale_deployment"):
-                if not kube.scale_deployment(api, namespace, deployment, replicas, seen=view.replicas):
-                    return False
+                version = kube.scale_deployment(api, namespace, deployment, replicas, seen=view.replicas)
+            if version is None:
+                return False
+            self.cache.scaled(snapshot.key, deployment, replicas, version)  # read your own write
         if changes.route_rules is not None and snapshot.route is not None:
             with telemetry.api_call("set_route_rules"):
-                if not kube.set_route_rules(api, snapshot.route, changes.route_rules[1]):
-                    return False
+                written = kube.set_route_rules(api, snapshot.route, changes.route_rules[1])
+            if written is None:
+                return False
+            self.cache.apply_route(None, written)
         return True
 
 

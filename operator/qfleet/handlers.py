@@ -51,8 +51,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     if METRICS_PORT and not STATE.get("metrics_served"):
         telemetry.serve(METRICS_PORT)
         STATE["metrics_served"] = True
-    controller = STATE["controller"] = Controller(api, CACHE, SETTINGS, _post_event)
-    STATE["loop"] = asyncio.create_task(controller.run())
+    STATE["controller"] = Controller(api, CACHE, SETTINGS, _post_event)
 
 
 @kopf.on.cleanup()
@@ -67,8 +66,15 @@ def _post_event(body: dict[str, Any], event: Event) -> None:
 
 
 def _wake(key: Any) -> None:
-    if key is not None and "controller" in STATE:
-        STATE["controller"].wake(key)
+    controller = STATE.get("controller")
+    if controller is None:
+        return
+    if "loop" not in STATE:
+        # Started from the first event handler, not at startup: the workers' tasks copy this context, which holds
+        # Kopf's Event queue (kopf.event needs it, and Kopf sets it only around resource handlers).
+        STATE["loop"] = asyncio.create_task(controller.run())
+    if key is not None:
+        controller.wake(key)
 
 
 # Each watched kind feeds the cache from an index function: Kopf runs index functions before any other handler and

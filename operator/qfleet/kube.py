@@ -160,21 +160,21 @@ def create_deployment(api: k8s.ApiClient, manifest: dict) -> bool:
     return True
 
 
-def scale_deployment(api: k8s.ApiClient, namespace: str, name: str, replicas: int, seen: int) -> bool:
-    """Sets the replicas through the scale subresource if they are still `seen` (the JSON-patch `test`). Returns
-    False when the Deployment is gone or its replicas changed meanwhile."""
+def scale_deployment(api: k8s.ApiClient, namespace: str, name: str, replicas: int, seen: int) -> str | None:
+    """Sets the replicas through the scale subresource if they are still `seen` (the JSON-patch `test`). Returns the
+    Deployment's new resourceVersion, or None when it is gone or its replicas changed meanwhile."""
     LIMIT.acquire()
     try:
-        k8s.AppsV1Api(api).patch_namespaced_deployment_scale(
+        scale = k8s.AppsV1Api(api).patch_namespaced_deployment_scale(
             name, namespace, [{"op": "test", "path": "/spec/replicas", "value": seen},
                               {"op": "replace", "path": "/spec/replicas", "value": replicas}],
             _request_timeout=REQUEST_TIMEOUT, _content_type=JSON_PATCH)
     except ApiException as error:
         if error.status in LOST_RACE:
-            return False
+            return None
         raise
     log.info("Scaled Deployment %s/%s from %d to %d", namespace, name, seen, replicas)
-    return True
+    return scale.metadata.resource_version
 
 
 def ensure_service(api: k8s.ApiClient, manifest: dict, existing: Mapping[str, Any] | None) -> bool:
@@ -211,23 +211,22 @@ def ensure_service(api: k8s.ApiClient, manifest: dict, existing: Mapping[str, An
 HTTPROUTE = ("gateway.networking.k8s.io", "v1", "httproutes")
 
 
-def set_route_rules(api: k8s.ApiClient, route: Mapping[str, Any], rules: list[dict]) -> bool:
+def set_route_rules(api: k8s.ApiClient, route: Mapping[str, Any], rules: list[dict]) -> dict | None:
     """Replaces spec.rules of the user's HTTPRoute (only the weights of qfleet's backendRefs differ from what was
-    read) if the route is still the version read: a person's edit in between is never written over. Returns False
-    when the race was lost."""
+    read) if the route is still the version read: a person's edit in between is never written over. Returns the
+    route as written, or None when the race was lost."""
     meta = route["metadata"]
     LIMIT.acquire()
     try:
-        k8s.CustomObjectsApi(api).patch_namespaced_custom_object(
+        return k8s.CustomObjectsApi(api).patch_namespaced_custom_object(
             *HTTPROUTE[:2], meta["namespace"], HTTPROUTE[2], meta["name"],
             [{"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
              {"op": "replace", "path": "/spec/rules", "value": rules}],
             _request_timeout=REQUEST_TIMEOUT, _content_type=JSON_PATCH)
     except ApiException as error:
         if error.status in LOST_RACE:
-            return False
+            return None
         raise
-    return True
 
 
 def drop_finalizer(api: k8s.ApiClient, namespace: str, name: str, finalizers: list[str], finalizer: str) -> bool:
