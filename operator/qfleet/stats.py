@@ -184,4 +184,6 @@ def proportion_interval(hits: float, total: float, confidence: float) -> Interva
     spread = z * math.sqrt(share * (1 - share) / total + z * z / (4 * total * total))
     centre = share + z * z / (2 * total)
     scale = 1 + z * z / total
-    return Interval(share, max(0.0, (centre - spread) / scale), min(1.0, (centre + spread) / scale))
+    lower = 0.0 if hits <= 0 else max(0.0, (centre - spread) / scale)  # exact at the ends: no rounding residue
+    upper = 1.0 if hits >= total else min(1.0, (centre + spread) / scale)
+    return Interval(share, lower, upper)

@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="(not rendered by the operator) score only the first N held-out tokens; 0: all")
     evaluate.add_argument("--eval-seq-len", type=int, default=512,
                           help="(not rendered by the operator) window length for the held-out text")
+    evaluate.add_argument("--bf16-fallback-layers", action="store_true",
+                          help="(not rendered by the operator) keep the calibration's fallbackLayers in bf16 in the "
+                               "candidate, as serve stores them")
     serve = steps.add_parser("serve", allow_abbrev=False,
                              help="Triton serving the built revision (HTTP, gRPC, metrics); runs until SIGTERM")
     serve.add_argument("--revision", required=True)

@@ -4,7 +4,8 @@ On the held-out text shipped in the package (datasets.heldout_text, ~7k tokens, 
 model runs twice per window, once with the baseline KV format and once with the candidate's (qfleet kvquant fake
 quantization, with the per-layer amax from <artifacts>/calibrate-report.json when calibration wrote one, else the
 tensor's own amax). Measured: perplexity of both, mean next-token KL(baseline || candidate) in nats per token,
-top-1 agreement, next-token accuracy of both, and a 32-item multiple-choice task.
+top-1 agreement, next-token accuracy of both, and a 32-item multiple-choice task. With --bf16-fallback-layers (never
+rendered by the operator) the calibration's fallbackLayers keep bf16 KV in the candidate, as `serve` stores them.
 
 score         = the candidate's next-token accuracy on the held-out text (0..1)
 baselineScore = the baseline's
@@ -59,8 +60,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     kvquant.install(model)
     layers = measure.num_layers(model)
 
-    amax, scales = _calibrated_amax(Path(args.calibration or args.artifacts), candidate_name, layers)
-    candidate_plans = {i: kvquant.LayerPlan(candidate_name, *(amax[i] if amax else (None, None)))
+    calibration = Path(args.calibration or args.artifacts)
+    amax, scales = _calibrated_amax(calibration, candidate_name, layers)
+    bf16_layers = _fallback_layers(calibration) if getattr(args, "bf16_fallback_layers", False) else frozenset()
+    candidate_plans = {i: kvquant.LayerPlan("bf16") if i in bf16_layers else
+                       kvquant.LayerPlan(candidate_name, *(amax[i] if amax else (None, None)))
                        for i in range(layers)}
     generator = torch.Generator(device=torch_device).manual_seed(1234)
     candidate = kvquant.KvQuantizer(plans=candidate_plans, noise=noise, generator=generator)
@@ -118,6 +122,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if noise:
         summary["faultQualityNoise"] = noise
+    if bf16_layers:
+        summary["bf16Layers"] = sorted(bf16_layers)
     report = summary | {
         "step": "evaluate",
         "revision": args.revision,
@@ -152,6 +158,14 @@ def _calibrated_amax(artifacts: Path, name: str, layers: int) -> tuple[list[tupl
     if report.get("kvFormat") != name or len(rows) != layers or any(r.get("kAmax") is None for r in rows):
         raise StepError(f"{path} does not hold a {name} calibration of this model's {layers} layers")
     return [(float(r["kAmax"]), float(r["vAmax"])) for r in rows], "calibrated"
+
+
+def _fallback_layers(artifacts: Path) -> frozenset[int]:
+    """The calibration report's fallbackLayers (what serve stores in bf16); none without a report."""
+    path = artifacts / CALIBRATION_REPORT
+    if not path.is_file():
+        return frozenset()
+    return frozenset(int(i) for i in json.loads(path.read_text()).get("fallbackLayers") or ())
 
 
 def _task(model, tokenizer, quantizer: kvquant.KvQuantizer) -> float:  # type: ignore[no-untyped-def]

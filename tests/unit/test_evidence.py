@@ -124,3 +124,7 @@ def test_the_interval_is_deterministic() -> None:
     assert judge(RUNBOOK.analysis, BOUNDS, measured) == judge(RUNBOOK.analysis, BOUNDS, measured)
     assert Decimal(next(g for g in judge(RUNBOOK.analysis, BOUNDS, measured).gates
                         if g.name == QUALITY_DROP).estimate.upper) < Decimal("0.01")
+
+
+def test_the_wilson_interval_is_exact_at_its_ends() -> None:
+    assert proportion_interval(0, 140, 0.95).lower == 0.0 and proportion_interval(140, 140, 0.95).upper == 1.0
