@@ -22,12 +22,12 @@ class OperatorProcess:
     """Isolated from the caller's process, restartable, its log in a file and its own metrics port."""
 
     def __init__(self, kubeconfig: Path, log_path: Path, command: list[str] | None = None,
-                 env: dict[str, str] | None = None, reconcile_interval: str = "1"):
+                 env: dict[str, str] | None = None):
         """`command` is what the chart's container runs (`kopf run ... -m qfleet.main`), run here with this Python;
-        `env` the container's environment, on top of which the metrics port and the reconcile interval are set."""
+        `env` the container's environment, on top of which the metrics port is set."""
         self.kubeconfig, self.log_path = kubeconfig, log_path
         self.command = command or ["kopf", "run", "--standalone", "--all-namespaces", "-m", "qfleet.main"]
-        self.env = {**(env or {}), "QFLEET_RECONCILE_INTERVAL": reconcile_interval}
+        self.env = dict(env or {})
         self.process: subprocess.Popen | None = None
         self.metrics_port = free_port()
 
@@ -67,8 +67,7 @@ class OperatorProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def from_chart(manifest: Iterable[dict | None], kubeconfig: Path, log_path: Path,
-               reconcile_interval: str = "1") -> tuple[OperatorProcess, str]:
+def from_chart(manifest: Iterable[dict | None], kubeconfig: Path, log_path: Path) -> tuple[OperatorProcess, str]:
     """The chart's operator container (from `helm get manifest`) as a local process: its command, arguments and
     environment, run with `kubeconfig` (a ServiceAccount's token); the liveness endpoint moves to a free loopback
     port, whose /healthz URL comes back beside the process."""
@@ -78,6 +77,5 @@ def from_chart(manifest: Iterable[dict | None], kubeconfig: Path, log_path: Path
     args = [a.replace("--liveness=http://0.0.0.0:", "--liveness=http://127.0.0.1:") for a in container["args"]]
     args = [f"--liveness=http://127.0.0.1:{liveness}/healthz" if a.startswith("--liveness=") else a for a in args]
     env = {e["name"]: e["value"] for e in container.get("env", [])}
-    operator = OperatorProcess(kubeconfig, log_path, command=[*container["command"], *args], env=env,
-                               reconcile_interval=reconcile_interval)
+    operator = OperatorProcess(kubeconfig, log_path, command=[*container["command"], *args], env=env)
     return operator, f"http://127.0.0.1:{liveness}/healthz"

@@ -27,8 +27,6 @@ CHART = REPO / "charts" / "qfleet"
 CRDS = REPO / "crds"
 RELEASE = "qfleet"
 CLAIM = "qfleet-artifacts"
-RECONCILE_INTERVAL = "2"
-"""Seconds between visits; the chart's default is 10, the demo's steps last seconds."""
 
 
 @dataclass
@@ -121,7 +119,7 @@ class Installation:
         account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
         kubeconfig = kube.service_account_kubeconfig(self.fleet.kubeconfig, api, self.namespace, account,
                                                      self.work_dir / "operator-kubeconfig", seconds=24 * 3600)
-        return from_chart(manifest, kubeconfig, self.operator_log, reconcile_interval=RECONCILE_INTERVAL)
+        return from_chart(manifest, kubeconfig, self.operator_log)
 
     # ---- down ----------------------------------------------------------------------------------------------------
     def down(self, stop_fleet: bool = True) -> None:
@@ -138,18 +136,7 @@ class Installation:
             self.fleet.down(log=self.log)
 
     def _remove_from_cluster(self, state: DemoState) -> None:
-        api = self.api()
-        objects, core = k8s.CustomObjectsApi(api), k8s.CoreV1Api(api)
-        try:
-            models = objects.list_namespaced_custom_object("qfleet.io", "v1alpha1", state.namespace,
-                                                           "quantizedmodels")["items"]
-        except ApiException as error:
-            models = [] if error.status == 404 else None
-            if models is None:
-                raise
-        for model in models:  # the operator is gone: nobody else would remove its finalizer
-            objects.patch_namespaced_custom_object("qfleet.io", "v1alpha1", state.namespace, "quantizedmodels",
-                                                   model["metadata"]["name"], {"metadata": {"finalizers": None}})
+        core = k8s.CoreV1Api(self.api())  # models carry no finalizer: they go with the namespace
         self._helm("uninstall", RELEASE, "-n", state.namespace, "--wait", "--timeout=60s", check=False)
         for delete in (lambda: core.delete_namespace(state.namespace),
                        lambda: core.delete_persistent_volume(state.volume or "")):

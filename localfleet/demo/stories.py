@@ -93,7 +93,6 @@ def llama_auto() -> dict:
             "model": {"uri": "hf://meta-llama/Llama-3.3-70B-Instruct"},
             "quantization": {"weights": "fp8", "kvCache": "auto", "kvCacheLadder": ["nvfp4", "fp8", "bf16"]},
             "nodePool": {"nodeSelector": {nodes.POOL_LABEL: "h100"}, "gpusPerReplica": 8},
-            "serving": {"image": "nvcr.io/nvidia/tritonserver:25.08-trtllm-python-py3"},
             "artifacts": {"uri": f"pvc://qfleet-artifacts/{AUTO_MODEL}"},
         },
     }

@@ -1,43 +1,45 @@
-"""Kopf registrations only: gather what exists (from Kopf's in-memory indexes), call decide(), apply the result.
-
-Every QuantizedModel is visited on each of its watch events and by a timer (the level-based safety net); a visit
-recomputes everything from the spec, the status and the children, so it may run any number of times.
+"""Kopf registrations only: watch events feed the cache and wake the model they concern; the controller's workers
+visit. No timers, daemons or deletion handlers, so Kopf adds no finalizer: a QuantizedModel can be deleted while the
+operator is down (its children go with it, by owner reference).
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import datetime
+import asyncio
 import logging
 import os
 from typing import Any
 
 import kopf
 
-from qfleet import kube, prom, telemetry
+from qfleet import kube, telemetry
 from qfleet.api.group import GROUP, PLURAL, VERSION
+from qfleet.api.spec import DEFAULT_RUNTIME_IMAGE
+from qfleet.cache import DELETED, FleetCache
+from qfleet.controller import Controller, LoopSettings
 from qfleet.manifests.names import LABEL_MODEL, MANAGED_BY
-from qfleet.pipeline import Decision, Observed, decide
-from qfleet.pipeline.release import ACTION_ANNOTATION, Measured
+from qfleet.pipeline import Event
 
 PREFIX = "qfleet.io"
-RECONCILE_INTERVAL = float(os.environ.get("QFLEET_RECONCILE_INTERVAL", "10"))
 METRICS_PORT = int(os.environ.get("QFLEET_METRICS_PORT", "0"))
+"""Port of the operator's /metrics (0: not served). The chart sets it from `metricsPort`."""
 NAMESPACED = os.environ.get("QFLEET_NAMESPACED", "") == "true"
 """Set by the chart with clusterScoped=false: the Role grants no right to list namespaces, and Kopf's namespace
 scanning would retry that list for about a minute before serving the namespaces it was given."""
-"""Port of the operator's /metrics (0: not served). The chart sets it from `metrics.port`."""
+SETTINGS = LoopSettings(
+    workers=int(os.environ.get("QFLEET_WORKERS", "4")),
+    resync_seconds=float(os.environ.get("QFLEET_RESYNC_SECONDS", "600")),
+    runtime_image=os.environ.get("QFLEET_RUNTIME_IMAGE") or DEFAULT_RUNTIME_IMAGE,
+)
+API_QPS = float(os.environ.get("QFLEET_API_QPS", "20"))
+API_BURST = int(os.environ.get("QFLEET_API_BURST", "30"))
 OURS = {"app.kubernetes.io/managed-by": MANAGED_BY["app.kubernetes.io/managed-by"]}
-API: dict[str, Any] = {}
+CACHE = FleetCache()
+STATE: dict[str, Any] = {}
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    settings.persistence.finalizer = f"{PREFIX}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PREFIX, key="last-handled-configuration")
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # our own Events describe transitions; Kopf posts only its problems
     settings.networking.request_timeout = 30
     settings.networking.connect_timeout = 10
@@ -45,141 +47,130 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
     settings.scanning.disabled = NAMESPACED
-    API["client"] = kube.configure()
-    if METRICS_PORT and not API.get("metrics_served"):
+    api = kube.configure(API_QPS, API_BURST)
+    if METRICS_PORT and not STATE.get("metrics_served"):
         telemetry.serve(METRICS_PORT)
-        API["metrics_served"] = True
+        STATE["metrics_served"] = True
+    STATE["controller"] = Controller(api, CACHE, SETTINGS, _post_event)
 
 
-def _plain(body: Any) -> dict[str, Any]:
-    return copy.deepcopy(dict(body))
+@kopf.on.cleanup()
+async def stop(**_: Any) -> None:
+    task = STATE.pop("loop", None)
+    if task is not None:
+        task.cancel()
 
 
-@kopf.index("batch", "v1", "jobs", labels=OURS)
-def qfleet_jobs(namespace: str, labels: dict, body: kopf.Body, **_: Any) -> dict:
-    return {(namespace, labels.get(LABEL_MODEL)): _plain(body)}
+def _post_event(body: dict[str, Any], event: Event) -> None:
+    kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
 
 
-@kopf.index("", "v1", "pods", labels=OURS)
-def qfleet_pods(namespace: str, labels: dict, body: kopf.Body, **_: Any) -> dict:
-    return {(namespace, labels.get("job-name")): _plain(body)}
+def _wake(key: Any) -> None:
+    controller = STATE.get("controller")
+    if controller is None:
+        return
+    if "loop" not in STATE:
+        # Started from the first event handler, not at startup: the workers' tasks copy this context, which holds
+        # Kopf's Event queue (kopf.event needs it, and Kopf sets it only around resource handlers).
+        STATE["loop"] = asyncio.create_task(controller.run())
+    if key is not None:
+        controller.wake(key)
 
 
-@kopf.index("apps", "v1", "deployments", labels=OURS)
-def qfleet_deployments(namespace: str, labels: dict, body: kopf.Body, **_: Any) -> dict:
-    return {(namespace, labels.get(LABEL_MODEL)): _plain(body)}
+# Each watched kind feeds the cache from an index function: Kopf runs index functions before any other handler and
+# holds every event handler until all of them have listed their kind, so no model is visited before the Nodes, Jobs
+# and Deployments it depends on are in the cache (a restart must not flap a serving model's status). The index
+# functions return None: the cache, not Kopf's index, keeps the views. The event handlers then only wake models, and
+# forget what was deleted.
 
 
-@kopf.index("", "v1", "services", labels=OURS)
-def qfleet_services(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
-    return {(namespace, name): _plain(body)}
-
-
-@kopf.index("", "v1", "nodes")
-def qfleet_nodes(body: kopf.Body, **_: Any) -> dict:
-    return {"nodes": _plain(body)}
+@kopf.index(GROUP, VERSION, PLURAL)
+async def cache_models(body: kopf.Body, **_: Any) -> None:
+    CACHE.apply_model(None, dict(body))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def on_event(type: str | None, body: kopf.Body, **kwargs: Any) -> None:
-    if type == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
+async def on_model(type: str | None, body: kopf.Body, **_: Any) -> None:
+    if type != DELETED:
+        _wake(model_key(body))
         return
-    reconcile(body=body, **kwargs)
+    key = CACHE.apply_model(DELETED, dict(body))
+    if "controller" in STATE:
+        STATE["controller"].forget(key)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL)
-def on_timer(body: kopf.Body, **kwargs: Any) -> None:
-    reconcile(body=body, **kwargs)
+@kopf.index("batch", "v1", "jobs", labels=OURS)
+async def cache_jobs(body: kopf.Body, **_: Any) -> None:
+    CACHE.apply_job(None, dict(body))
 
 
-def reconcile(body: kopf.Body, qfleet_jobs: kopf.Index, qfleet_pods: kopf.Index, qfleet_nodes: kopf.Index,
-              qfleet_deployments: kopf.Index, qfleet_services: kopf.Index, logger: logging.Logger,
-              **_: Any) -> None:
-    with telemetry.reconcile_timer() as result:
-        result["outcome"] = _reconcile(body, qfleet_jobs, qfleet_pods, qfleet_nodes, qfleet_deployments,
-                                       qfleet_services, logger)
+@kopf.on.event("batch", "v1", "jobs", labels=OURS)
+async def on_job(type: str | None, body: kopf.Body, **_: Any) -> None:
+    _wake(CACHE.apply_job(DELETED, dict(body)) if type == DELETED else owner_key(body))
 
 
-def _reconcile(body: kopf.Body, qfleet_jobs: kopf.Index, qfleet_pods: kopf.Index, qfleet_nodes: kopf.Index,
-               qfleet_deployments: kopf.Index, qfleet_services: kopf.Index, logger: logging.Logger) -> str:
-    """One visit; returns what came of it (the outcome label of qfleet_operator_reconciles_total)."""
-    meta = body["metadata"]
-    name, namespace = meta["name"], meta["namespace"]
-    api = API["client"]
-    jobs = {}
-    for job in qfleet_jobs.get((namespace, name), []):
-        view = kube.job_view(job, qfleet_pods.get((namespace, job["metadata"]["name"]), []))
-        jobs[view.name] = view
-    deployments = {view.name: view for view in map(kube.deployment_view, qfleet_deployments.get((namespace, name), []))}
-    spec = _plain(body.get("spec", {}))
-    route_name = (((spec.get("rollout") or {}).get("trafficRouting") or {}).get("gatewayAPI") or {}).get("httpRoute")
-    route = None
-    if route_name:
-        with telemetry.api_call("read_route"):
-            route = kube.read_route(api, namespace, route_name)
-    observed = Observed(
-        name=name, namespace=namespace, uid=meta["uid"], generation=int(meta.get("generation", 0)),
-        spec=spec, status=_plain(body.get("status", {})), jobs=jobs,
-        nodes=[kube.node_view(node) for node in qfleet_nodes.get("nodes", [])],
-        now=datetime.datetime.now(datetime.UTC), deployments=deployments, route=route,
-        action=(meta.get("annotations") or {}).get(ACTION_ANNOTATION))
-    decision = decide(observed)
-    request = decision.release.measure
-    if request is not None:
-        with telemetry.api_call("prometheus_query"):
-            measured = prom.measure(request.address, request.queries, request.histograms)
-        for query, error in measured.errors.items():
-            telemetry.API_ERRORS.labels("prometheus_query", "none").inc()
-            logger.warning("Prometheus query %s failed: %s", query, error)
-        decision = decide(dataclasses.replace(observed, measured=Measured(measured.values, measured.histograms,
-                                                                          measured.errors)))
-    _apply_children(api, namespace, decision, qfleet_services)
-    if decision.status == observed.status:
-        return "unchanged"
-    with telemetry.api_call("replace_status"):
-        written = kube.replace_status(api, _plain(body), decision.status)
-    if not written:
-        logger.info("Status of QuantizedModel %s/%s changed meanwhile; the next visit recomputes it", namespace, name)
-        return "conflict"
-    _count(decision)
-    if decision.release.action_done:
-        with telemetry.api_call("remove_annotation"):
-            kube.remove_annotation(api, namespace, name, ACTION_ANNOTATION)
-    for event in decision.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
-        telemetry.TRANSITIONS.labels(event.reason, event.type).inc()
-    return "updated"
+@kopf.index("", "v1", "pods", labels={**OURS, "qfleet.io/step": kopf.PRESENT})
+async def cache_step_pods(body: kopf.Body, **_: Any) -> None:
+    CACHE.apply_pod(None, dict(body))
 
 
-def _apply_children(api: Any, namespace: str, decision: Decision, services: kopf.Index) -> None:
-    """Creates what is missing and sets what differs; every call is idempotent, so a visit cut short is redone."""
-    for manifest in decision.create:
-        with telemetry.api_call("create_job"):
-            if kube.create_job(api, manifest):
-                telemetry.CHILDREN_CREATED.labels("Job").inc()
-    changes = decision.release
-    for manifest in changes.deployments:
-        with telemetry.api_call("create_deployment"):
-            if kube.create_deployment(api, manifest):
-                telemetry.CHILDREN_CREATED.labels("Deployment").inc()
-    for manifest in changes.services:
-        existing = next(iter(services.get((namespace, manifest["metadata"]["name"]), [])), None)
-        with telemetry.api_call("ensure_service"):
-            kube.ensure_service(api, manifest, existing)
-    for deployment, replicas in changes.scale.items():
-        with telemetry.api_call("scale_deployment"):
-            kube.scale_deployment(api, namespace, deployment, replicas)
-    if changes.route_rules is not None:
-        route, rules = changes.route_rules
-        with telemetry.api_call("set_route_rules"):
-            kube.set_route_rules(api, namespace, route, rules)
+@kopf.on.event("", "v1", "pods", labels={**OURS, "qfleet.io/step": kopf.PRESENT})
+async def on_step_pod(type: str | None, body: kopf.Body, **_: Any) -> None:
+    _wake(CACHE.apply_pod(DELETED, dict(body)) if type == DELETED else owner_key(body))
 
 
-def _count(decision: Decision) -> None:
-    changes = decision.release
-    for gate, verdict in changes.verdicts:
-        telemetry.GATE_VERDICTS.labels(gate, verdict).inc()
-    if changes.rollback_cause:
-        telemetry.ROLLBACKS.labels(changes.rollback_cause).inc()
-    if changes.promoted:
-        telemetry.PROMOTIONS.inc()
+@kopf.index("apps", "v1", "deployments", labels=OURS)
+async def cache_deployments(body: kopf.Body, **_: Any) -> None:
+    CACHE.apply_deployment(None, dict(body))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=OURS)
+async def on_deployment(type: str | None, body: kopf.Body, **_: Any) -> None:
+    _wake(CACHE.apply_deployment(DELETED, dict(body)) if type == DELETED else owner_key(body))
+
+
+@kopf.index("", "v1", "services", labels=OURS)
+async def cache_services(body: kopf.Body, **_: Any) -> None:
+    CACHE.apply_service(None, dict(body))
+
+
+@kopf.on.event("", "v1", "services", labels=OURS)
+async def on_service(type: str | None, body: kopf.Body, **_: Any) -> None:
+    _wake(CACHE.apply_service(DELETED, dict(body)) if type == DELETED else owner_key(body))
+
+
+@kopf.index("gateway.networking.k8s.io", "v1", "httproutes")
+async def cache_routes(body: kopf.Body, **_: Any) -> None:
+    CACHE.apply_route(None, dict(body))
+
+
+@kopf.on.event("gateway.networking.k8s.io", "v1", "httproutes")
+async def on_route(type: str | None, body: kopf.Body, **_: Any) -> None:
+    keys = CACHE.apply_route(DELETED, dict(body)) if type == DELETED else CACHE.route_models(
+        body["metadata"]["namespace"], body["metadata"]["name"])
+    for key in keys:
+        _wake(key)
+
+
+@kopf.index("", "v1", "nodes")
+async def cache_nodes(body: kopf.Body, **_: Any) -> None:
+    CACHE.apply_node(None, dict(body))
+
+
+@kopf.on.event("", "v1", "nodes")
+async def on_node(type: str | None, body: kopf.Body, **_: Any) -> None:
+    """A node's heartbeat changes nothing admission sees; a new, lost or relabelled node may admit a waiting model."""
+    name = body["metadata"]["name"]
+    changed = CACHE.apply_node(DELETED, dict(body)) if type == DELETED else CACHE.node_changed(name)
+    if changed:
+        for key in CACHE.waiting_for_nodes():
+            _wake(key)
+
+
+def model_key(body: kopf.Body) -> tuple[str, str]:
+    return body["metadata"]["namespace"], body["metadata"]["name"]
+
+
+def owner_key(body: kopf.Body) -> tuple[str, str] | None:
+    model = (body["metadata"].get("labels") or {}).get(LABEL_MODEL)
+    return (body["metadata"]["namespace"], model) if model else None

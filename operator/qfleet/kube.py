@@ -1,9 +1,16 @@
-"""The one module that talks to the Kubernetes API: reading children and nodes into plain views, creating Jobs."""
+"""The one module that talks to the Kubernetes API. Reads come from watches (qfleet.cache), so what is here writes:
+each write that another writer could race carries a precondition (a resourceVersion, or a JSON-patch `test` of the
+value it replaces) and reports a lost race as False, so the visit re-reads and recomputes instead of writing over.
+Every call of the operator's visits passes a client-side rate limit (`configure(qps, burst)`), as Argo Rollouts'
+and Flagger's `--kube-api-qps/--kube-api-burst` do.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+import threading
+import time
+from collections.abc import Mapping
 from typing import Any
 
 from kubernetes import client as k8s
@@ -11,20 +18,49 @@ from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
 from qfleet.api.group import GROUP, PLURAL, VERSION
-from qfleet.api.jobs import parse_summary
-from qfleet.gpus import RESOURCE_GPU
-from qfleet.manifests.names import LABEL_MODEL, LABEL_REVISION
-from qfleet.pipeline import JobState, JobView, NodeView
-from qfleet.pipeline.release import DeploymentView
+from qfleet.manifests.names import LABEL_MODEL
 
 log = logging.getLogger(__name__)
 REQUEST_TIMEOUT = (5, 30)
+"""(connect, read) seconds for every call: a stuck API server must not stall a visit forever."""
 JSON_PATCH, MERGE_PATCH = "application/json-patch+json", "application/merge-patch+json"
-"""(connect, read) seconds for every call: a stuck API server must not stall a handler forever."""
+LOST_RACE = (404, 409, 422)
+"""Gone, a stale resourceVersion, a failed JSON-patch `test`."""
 
 
-def configure() -> k8s.ApiClient:
-    """In-cluster credentials when running as a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+class TokenBucket:
+    """`qps` calls a second on average, bursts of `burst`; `acquire` blocks the calling thread until a token is
+    free. qps 0 turns it off."""
+
+    def __init__(self, qps: float, burst: int, clock=time.monotonic, sleep=time.sleep) -> None:
+        self.qps, self.burst = qps, max(1, burst)
+        self._clock, self._sleep = clock, sleep
+        self._tokens, self._at = float(self.burst), clock()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> float:
+        """Takes a token; returns the seconds it waited."""
+        if self.qps <= 0:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.qps)
+            self._at = now
+            self._tokens -= 1
+            wait = -self._tokens / self.qps if self._tokens < 0 else 0.0
+        if wait:
+            self._sleep(wait)
+        return wait
+
+
+LIMIT = TokenBucket(qps=0, burst=1)
+
+
+def configure(qps: float = 0, burst: int = 1) -> k8s.ApiClient:
+    """In-cluster credentials when running as a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config); the rate
+    limit every call below honours."""
+    global LIMIT
+    LIMIT = TokenBucket(qps, burst)
     try:
         k8s_config.load_incluster_config()
     except k8s_config.ConfigException:
@@ -32,80 +68,9 @@ def configure() -> k8s.ApiClient:
     return k8s.ApiClient()
 
 
-def node_view(node: Mapping[str, Any]) -> NodeView:
-    """A Node (as a dict, the way Kopf indexes deliver it) seen as the admission check needs it."""
-    metadata, spec, status = node.get("metadata", {}), node.get("spec", {}), node.get("status", {})
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-    blocked = any(t.get("effect") == "NoSchedule" and t.get("key", "").startswith("node.kubernetes.io/")
-                  for t in spec.get("taints") or [])
-    try:
-        gpus = int(str((status.get("allocatable") or {}).get(RESOURCE_GPU, "0")))
-    except ValueError:
-        gpus = 0
-    return NodeView(name=metadata.get("name", ""), labels=dict(metadata.get("labels") or {}), allocatable_gpus=gpus,
-                    schedulable=ready and not spec.get("unschedulable", False) and not blocked)
-
-
-def job_view(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> JobView:
-    """A Job and its pods: finished or not, the step's summary (termination message) and why it failed."""
-    conditions = {c.get("type"): c for c in (job.get("status") or {}).get("conditions") or []
-                  if c.get("status") == "True"}
-    terminated = [_terminated(p) for p in pods]
-    terminated = [t for t in terminated if t is not None]
-    terminated.sort(key=lambda t: t.get("finishedAt") or "")
-    last = terminated[-1] if terminated else {}
-    name = job["metadata"]["name"]
-    if "Complete" in conditions or "SuccessCriteriaMet" in conditions:
-        succeeded = [t for t in terminated if t.get("exitCode") == 0]
-        done = conditions.get("Complete") or conditions.get("SuccessCriteriaMet") or {}
-        return JobView(name, JobState.SUCCEEDED, parse_summary((succeeded or [last])[-1].get("message")),
-                       finished_at=(job.get("status") or {}).get("completionTime") or done.get("lastTransitionTime"))
-    if "Failed" in conditions or "FailureTarget" in conditions:
-        failed = conditions.get("Failed") or conditions.get("FailureTarget") or {}
-        return JobView(name, JobState.FAILED, parse_summary(last.get("message")), _failure(failed, last),
-                       finished_at=failed.get("lastTransitionTime"))
-    return JobView(name, JobState.RUNNING, waiting=_waiting(pods))
-
-
-def _waiting(pods: Iterable[Mapping[str, Any]]) -> str:
-    """The scheduler's or kubelet's complaint about a pod that has not started, e.g. a missing claim."""
-    for pod in pods:
-        status = pod.get("status") or {}
-        for condition in status.get("conditions") or []:
-            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-                return f"{condition.get('reason')}: {condition.get('message', '')}"[:500]
-        for container in status.get("containerStatuses") or []:
-            waiting = (container.get("state") or {}).get("waiting")
-            if waiting and waiting.get("reason") not in (None, "ContainerCreating"):
-                return f"{waiting.get('reason')}: {waiting.get('message', '')}"[:500]
-    return ""
-
-
-def _terminated(pod: Mapping[str, Any]) -> dict | None:
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        terminated = (status.get("state") or {}).get("terminated")
-        if terminated:
-            return terminated
-    return None
-
-
-def _failure(condition: Mapping[str, Any], terminated: Mapping[str, Any]) -> str:
-    parts = []
-    if terminated:
-        parts.append(f"exit code {terminated.get('exitCode')}")
-        message = (terminated.get("message") or "").strip()
-        summary = parse_summary(message)
-        if summary.get("error"):
-            message = str(summary["error"])
-        if message:
-            parts.append(message.splitlines()[-1][:500])
-    if condition.get("reason") and condition.get("reason") != "BackoffLimitExceeded":
-        parts.append(f"{condition.get('reason')}: {condition.get('message', '')}".strip())
-    return "; ".join(parts) or str(condition.get("message") or "the Job failed")
-
-
 def create_job(api: k8s.ApiClient, manifest: dict) -> bool:
     """Creates the Job; an existing one (409) counts as success. Returns True when this call created it."""
+    LIMIT.acquire()
     try:
         k8s.BatchV1Api(api).create_namespaced_job(manifest["metadata"]["namespace"], manifest,
                                                   _request_timeout=REQUEST_TIMEOUT)
@@ -121,21 +86,22 @@ def children_selector(model: str) -> str:
     return f"{LABEL_MODEL}={model}"
 
 
-def replace_status(api: k8s.ApiClient, body: dict, status: dict) -> bool:
+def replace_status(api: k8s.ApiClient, body: dict, status: dict) -> dict | None:
     """Writes the whole status (a PUT of the status subresource, guarded by resourceVersion, so fields that went away
-    are removed). Returns False on a conflict: someone wrote meanwhile and the next visit recomputes."""
+    are removed) and returns the object as written. None on a conflict: someone wrote meanwhile and the next visit
+    recomputes."""
     meta = body["metadata"]
     document = {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": {
         "name": meta["name"], "namespace": meta["namespace"], "resourceVersion": meta["resourceVersion"]},
         "spec": body.get("spec", {}), "status": status}
+    LIMIT.acquire()
     try:
-        k8s.CustomObjectsApi(api).replace_namespaced_custom_object_status(
+        return k8s.CustomObjectsApi(api).replace_namespaced_custom_object_status(
             GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], document, _request_timeout=REQUEST_TIMEOUT)
     except ApiException as error:
         if error.status in (404, 409):
-            return False
+            return None
         raise
-    return True
 
 
 class NotFound(LookupError):
@@ -180,15 +146,9 @@ def patch_model(name: str, namespace: str | None, patch: dict, kubeconfig: str |
         raise
 
 
-def deployment_view(deployment: Mapping[str, Any]) -> DeploymentView:
-    """A serving Deployment (as Kopf indexes deliver it): its revision, desired and ready replicas."""
-    metadata, spec, status = deployment["metadata"], deployment.get("spec") or {}, deployment.get("status") or {}
-    return DeploymentView(name=metadata["name"], revision=(metadata.get("labels") or {}).get(LABEL_REVISION, ""),
-                          replicas=int(spec.get("replicas", 1)), ready_replicas=int(status.get("readyReplicas") or 0))
-
-
 def create_deployment(api: k8s.ApiClient, manifest: dict) -> bool:
     """Creates the Deployment; an existing one (409) counts as success. Returns True when this call created it."""
+    LIMIT.acquire()
     try:
         k8s.AppsV1Api(api).create_namespaced_deployment(manifest["metadata"]["namespace"], manifest,
                                                         _request_timeout=REQUEST_TIMEOUT)
@@ -200,33 +160,45 @@ def create_deployment(api: k8s.ApiClient, manifest: dict) -> bool:
     return True
 
 
-def scale_deployment(api: k8s.ApiClient, namespace: str, name: str, replicas: int) -> bool:
-    """Sets the replicas through the scale subresource; a Deployment that is gone (404) is reported as False."""
+def scale_deployment(api: k8s.ApiClient, namespace: str, name: str, replicas: int, seen: int) -> str | None:
+    """Sets the replicas through the scale subresource if they are still `seen` (the JSON-patch `test`). Returns the
+    Deployment's new resourceVersion, or None when it is gone or its replicas changed meanwhile."""
+    LIMIT.acquire()
     try:
-        k8s.AppsV1Api(api).patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}},
-                                                             _request_timeout=REQUEST_TIMEOUT,
-                                                             _content_type=MERGE_PATCH)
+        scale = k8s.AppsV1Api(api).patch_namespaced_deployment_scale(
+            name, namespace, [{"op": "test", "path": "/spec/replicas", "value": seen},
+                              {"op": "replace", "path": "/spec/replicas", "value": replicas}],
+            _request_timeout=REQUEST_TIMEOUT, _content_type=JSON_PATCH)
     except ApiException as error:
-        if error.status == 404:
-            return False
+        if error.status in LOST_RACE:
+            return None
         raise
-    log.info("Scaled Deployment %s/%s to %d", namespace, name, replicas)
-    return True
+    log.info("Scaled Deployment %s/%s from %d to %d", namespace, name, seen, replicas)
+    return scale.metadata.resource_version
 
 
 def ensure_service(api: k8s.ApiClient, manifest: dict, existing: Mapping[str, Any] | None) -> bool:
-    """Creates the Service, or sets its selector when it selects something else. Returns True when it wrote."""
+    """Creates the Service, or sets its selector when it selects something else (only while it is still the selector
+    seen). Returns False when nothing was written or the race was lost."""
     core = k8s.CoreV1Api(api)
     namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
     selector = manifest["spec"]["selector"]
     if existing is not None:
-        if (existing.get("spec") or {}).get("selector") == selector:
+        seen = (existing.get("spec") or {}).get("selector")
+        if seen == selector:
             return False
-        # A JSON merge patch would keep stale selector keys: replace the selector as a whole.
-        core.patch_namespaced_service(name, namespace, [{"op": "replace", "path": "/spec/selector",
-                                                         "value": selector}], _request_timeout=REQUEST_TIMEOUT,
-                                      _content_type=JSON_PATCH)
+        LIMIT.acquire()
+        try:  # replaced as a whole: a merge patch would keep stale selector keys
+            core.patch_namespaced_service(name, namespace, [{"op": "test", "path": "/spec/selector", "value": seen},
+                                                            {"op": "replace", "path": "/spec/selector",
+                                                             "value": selector}],
+                                          _request_timeout=REQUEST_TIMEOUT, _content_type=JSON_PATCH)
+        except ApiException as error:
+            if error.status in LOST_RACE:
+                return False
+            raise
         return True
+    LIMIT.acquire()
     try:
         core.create_namespaced_service(namespace, manifest, _request_timeout=REQUEST_TIMEOUT)
     except ApiException as error:
@@ -239,24 +211,54 @@ def ensure_service(api: k8s.ApiClient, manifest: dict, existing: Mapping[str, An
 HTTPROUTE = ("gateway.networking.k8s.io", "v1", "httproutes")
 
 
-def read_route(api: k8s.ApiClient, namespace: str, name: str) -> dict | None:
+def set_route_rules(api: k8s.ApiClient, route: Mapping[str, Any], rules: list[dict]) -> dict | None:
+    """Replaces spec.rules of the user's HTTPRoute (only the weights of qfleet's backendRefs differ from what was
+    read) if the route is still the version read: a person's edit in between is never written over. Returns the
+    route as written, or None when the race was lost."""
+    meta = route["metadata"]
+    LIMIT.acquire()
     try:
-        return k8s.CustomObjectsApi(api).get_namespaced_custom_object(
-            *HTTPROUTE[:2], namespace, HTTPROUTE[2], name, _request_timeout=REQUEST_TIMEOUT)
+        return k8s.CustomObjectsApi(api).patch_namespaced_custom_object(
+            *HTTPROUTE[:2], meta["namespace"], HTTPROUTE[2], meta["name"],
+            [{"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
+             {"op": "replace", "path": "/spec/rules", "value": rules}],
+            _request_timeout=REQUEST_TIMEOUT, _content_type=JSON_PATCH)
     except ApiException as error:
-        if error.status == 404:
+        if error.status in LOST_RACE:
             return None
         raise
 
 
-def set_route_rules(api: k8s.ApiClient, namespace: str, name: str, rules: list[dict]) -> None:
-    """Replaces spec.rules of the user's HTTPRoute (only the backendRefs' weights differ from what was read)."""
-    k8s.CustomObjectsApi(api).patch_namespaced_custom_object(
-        *HTTPROUTE[:2], namespace, HTTPROUTE[2], name, [{"op": "replace", "path": "/spec/rules", "value": rules}],
-        _request_timeout=REQUEST_TIMEOUT, _content_type=JSON_PATCH)
+def drop_finalizer(api: k8s.ApiClient, namespace: str, name: str, finalizers: list[str], finalizer: str) -> bool:
+    """Removes a finalizer an earlier qfleet added (it needs none: children are owned by the model), while the list is
+    still the one seen."""
+    index = finalizers.index(finalizer)
+    LIMIT.acquire()
+    try:
+        k8s.CustomObjectsApi(api).patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name,
+            [{"op": "test", "path": "/metadata/finalizers", "value": finalizers},
+             {"op": "remove", "path": f"/metadata/finalizers/{index}"}],
+            _request_timeout=REQUEST_TIMEOUT, _content_type=JSON_PATCH)
+    except ApiException as error:
+        if error.status in LOST_RACE:
+            return False
+        raise
+    return True
 
 
-def remove_annotation(api: k8s.ApiClient, namespace: str, name: str, key: str) -> None:
-    k8s.CustomObjectsApi(api).patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"annotations": {key: None}}},
-        _request_timeout=REQUEST_TIMEOUT, _content_type=MERGE_PATCH)
+def remove_annotation(api: k8s.ApiClient, namespace: str, name: str, key: str, value: str) -> bool:
+    """Removes the annotation only while it still holds `value` (a JSON-patch `test`): an action a person wrote
+    meanwhile is kept for the next visit. Returns False when it changed or is gone."""
+    path = "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
+    LIMIT.acquire()
+    try:
+        k8s.CustomObjectsApi(api).patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name,
+            [{"op": "test", "path": path, "value": value}, {"op": "remove", "path": path}],
+            _request_timeout=REQUEST_TIMEOUT, _content_type=JSON_PATCH)
+    except ApiException as error:
+        if error.status in LOST_RACE:
+            return False
+        raise
+    return True

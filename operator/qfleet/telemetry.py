@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 import prometheus_client
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 REGISTRY = prometheus_client.CollectorRegistry(auto_describe=True)
 
@@ -36,6 +36,14 @@ ROLLBACKS = Counter(
     ["cause"], registry=REGISTRY)
 PROMOTIONS = Counter(
     "qfleet_operator_promotions_total", "Canaries promoted to stable.", registry=REGISTRY)
+QUEUE_DEPTH = Gauge(
+    "qfleet_operator_queue_depth", "Models due for a visit and waiting for a worker.", registry=REGISTRY)
+SCHEDULED_WAKEUPS = Gauge(
+    "qfleet_operator_scheduled_wakeups", "Models with a visit scheduled for later (a canary's next analysis, a "
+    "scale-down delay).", registry=REGISTRY)
+WAKEUP_LAG = Histogram(
+    "qfleet_operator_wakeup_lag_seconds", "From the moment a model was due (woken by an event, or its scheduled time) "
+    "to the start of its visit.", buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60), registry=REGISTRY)
 API_ERRORS = Counter(
     "qfleet_operator_api_errors_total", "Failed calls to the Kubernetes API or Prometheus, by operation and HTTP "
     "status (\"none\" when no response came).", ["operation", "status"], registry=REGISTRY)

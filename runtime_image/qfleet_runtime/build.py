@@ -89,7 +89,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         f"for {format_compute_capability(capability)}")
     target = TARGET_GPU if _gpu_path_available() else TARGET_CPU
     artifacts = Path(args.artifacts)
-    checkpoint = artifacts / CHECKPOINT
+    calibration = Path(args.calibration or args.artifacts)
+    checkpoint = calibration / CHECKPOINT
     inputs: list[dict[str, Any]] = []
     if fmt.needs_calibration:
         quant_config = checkpoint / "hf_quant_config.json"
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         ("--max-num-tokens", args.max_num_tokens), ("--tensor-parallel", args.tensor_parallel)):
         if value < 1:
             raise StepError(f"{name} must be at least 1, got {value}")
-    report = artifacts / REPORT
+    report = calibration / REPORT
     model_path = _model_to_serve(checkpoint, report, fmt.name, args.model_uri, args.model_revision)
     per_token = _kv_bytes_per_token(model_path, fmt)
     engine = artifacts / ENGINE_DIR
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "kvBytesPerToken": per_token,
         "kvCacheBudgetBytes": (None if per_token is None
                                else round(args.max_batch_size * args.max_seq_len * per_token)),
-        "calibrationReport": _file_digests(artifacts, only=REPORT),
+        "calibrationReport": _file_digests(calibration, only=REPORT),
         "inputs": inputs, "inputBytes": sum(row["bytes"] for row in inputs),
     }
     path = write_report(engine, MANIFEST, manifest)

@@ -59,11 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--compute-capability", required=True)
     build.add_argument("--model-uri", help="the model to serve when the format needs no calibration (bf16)")
     build.add_argument("--model-revision", default="main")
+    build.add_argument("--calibration", default=None,
+                       help="the calibration directory to read (default: --artifacts; the operator passes an earlier "
+                            "revision's when this one reuses its calibration)")
 
     evaluate = step_parser(Step.EVALUATE, "quality of the quantized KV cache against the baseline")
     evaluate.add_argument("--model-uri", required=True)
     evaluate.add_argument("--model-revision", required=True)
     evaluate.add_argument("--baseline-kv-format", required=True)
+    evaluate.add_argument("--calibration", default=None,
+                          help="the calibration directory to read (default: --artifacts)")
     evaluate.add_argument("--eval-tokens", type=int, default=0,
                           help="(not rendered by the operator) score only the first N held-out tokens; 0: all")
     evaluate.add_argument("--eval-seq-len", type=int, default=512,

@@ -60,8 +60,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     kvquant.install(model)
     layers = measure.num_layers(model)
 
-    amax, scales = _calibrated_amax(artifacts, candidate_name, layers)
-    bf16_layers = _fallback_layers(artifacts) if getattr(args, "bf16_fallback_layers", False) else frozenset()
+    calibration = Path(args.calibration or args.artifacts)
+    amax, scales = _calibrated_amax(calibration, candidate_name, layers)
+    bf16_layers = _fallback_layers(calibration) if getattr(args, "bf16_fallback_layers", False) else frozenset()
     candidate_plans = {i: kvquant.LayerPlan("bf16") if i in bf16_layers else
                        kvquant.LayerPlan(candidate_name, *(amax[i] if amax else (None, None)))
                        for i in range(layers)}

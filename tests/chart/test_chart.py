@@ -84,7 +84,8 @@ def test_every_value_is_documented_key_first():
             stack.pop()
         path = ".".join([k for _, k in stack] + [key])
         stack.append((indent, key))
-        if stripped.endswith(":") and path in ("crds", "image", "rbac", "serviceAccount", "podMonitor"):
+        if stripped.endswith(":") and path in ("crds", "image", "rbac", "serviceAccount", "podMonitor", "runtime",
+                                               "runtime.image"):
             continue  # a group: its keys are documented one by one
         if path.startswith("resources."):
             continue
@@ -153,7 +154,7 @@ EXPECTED_RULES = {
     ("apps", "deployments"): ["list", "watch", "create"],
     ("apps", "deployments/scale"): ["patch"],
     ("", "services"): ["list", "watch", "create", "patch"],
-    ("gateway.networking.k8s.io", "httproutes"): ["get", "patch"],
+    ("gateway.networking.k8s.io", "httproutes"): ["list", "watch", "patch"],
 }
 
 
@@ -247,3 +248,24 @@ def test_replicas_zero_installs_everything_but_the_operator_and_more_than_one_is
     refused = subprocess.run([str(helm), "template", "qfleet", str(CHART), "--set", "replicas=2"],
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "replicas" in refused.stderr
+
+
+def test_the_runtime_image_defaults_to_the_runtime_built_for_this_version_and_can_be_set(helm):
+    from qfleet.api.spec import DEFAULT_RUNTIME_IMAGE
+
+    def env(*args):
+        container = kinds(render(helm, *args))["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e["value"] for e in container["env"]}
+
+    assert env()["QFLEET_RUNTIME_IMAGE"] == DEFAULT_RUNTIME_IMAGE == "ghcr.io/qfleet/qfleet-runtime:0.1.0"
+    assert env("--set", "runtime.image.repository=registry.local/runtime", "--set", "runtime.image.tag=1.2")[
+        "QFLEET_RUNTIME_IMAGE"] == "registry.local/runtime:1.2"
+
+
+def test_the_control_loop_settings_reach_the_operator(helm):
+    container = kinds(render(helm, "--set", "workers=8", "--set-string", "resyncPeriod=300",
+                             "--set-string", "apiQPS=50", "--set", "apiBurst=100"))["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert {key: env[key] for key in ("QFLEET_WORKERS", "QFLEET_RESYNC_SECONDS", "QFLEET_API_QPS",
+                                      "QFLEET_API_BURST")} == {"QFLEET_WORKERS": "8", "QFLEET_RESYNC_SECONDS": "300",
+                                                               "QFLEET_API_QPS": "50", "QFLEET_API_BURST": "100"}

@@ -77,21 +77,6 @@ def _delete_namespace(core: k8s.CoreV1Api, name: str) -> None:
             raise
 
 
-def _release_models(api: k8s.ApiClient, namespace: str) -> None:
-    """QuantizedModels keep the operator's finalizer; once the operator has stopped, nobody else removes it."""
-    objects = k8s.CustomObjectsApi(api)
-    try:
-        models = objects.list_namespaced_custom_object("qfleet.io", "v1alpha1", namespace, "quantizedmodels")["items"]
-    except ApiException as error:
-        if error.status == 404:  # the CRD is not installed in this session
-            return
-        raise
-    for model in models:
-        if model["metadata"].get("finalizers") and model["metadata"].get("deletionTimestamp"):
-            objects.patch_namespaced_custom_object("qfleet.io", "v1alpha1", namespace, "quantizedmodels",
-                                                   model["metadata"]["name"], {"metadata": {"finalizers": None}})
-
-
 def _wait_test_namespaces_gone(api: k8s.ApiClient, timeout: float = 120) -> None:
     """Nothing a test created may stay stuck: a pod holding a finalizer is released so its namespace can go."""
     core = k8s.CoreV1Api(api)
@@ -102,7 +87,6 @@ def _wait_test_namespaces_gone(api: k8s.ApiClient, timeout: float = 120) -> None
             for pod in core.list_namespaced_pod(ns.metadata.name).items:
                 if pod.metadata.finalizers and pod.metadata.deletion_timestamp:
                     core.patch_namespaced_pod(pod.metadata.name, ns.metadata.name, {"metadata": {"finalizers": None}})
-            _release_models(api, ns.metadata.name)
         return not remaining
 
     wait_until("test namespaces deleted", all_gone, timeout, interval=1)

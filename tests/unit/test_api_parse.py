@@ -18,7 +18,7 @@ from .support import EXAMPLES, invalid_cases, load_yaml
 MINIMAL_SPEC: dict[str, Any] = {
     "model": {"uri": "hf://meta-llama/Llama-3.3-70B-Instruct"},
     "quantization": {"kvCache": "fp8"},
-    "serving": {"image": "nvcr.io/nvidia/tritonserver:25.08-trtllm-python-py3"},
+    "serving": {"image": "ghcr.io/qfleet/qfleet-runtime:0.1.0"},
     "artifacts": {"uri": "pvc://qfleet-artifacts/llama"},
 }
 

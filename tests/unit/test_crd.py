@@ -38,7 +38,7 @@ MINIMAL_DOCUMENT = {
     "spec": {
         "model": {"uri": "hf://meta-llama/Llama-3.3-70B-Instruct"},
         "quantization": {"kvCache": "nvfp4"},
-        "serving": {"image": "nvcr.io/nvidia/tritonserver:25.08-trtllm-python-py3"},
+        "serving": {"image": "ghcr.io/qfleet/qfleet-runtime:0.1.0"},
         "artifacts": {"uri": "pvc://qfleet-artifacts/llama"},
     },
 }

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +15,9 @@ from qfleet.manifests.names import MAX_NAME, child_name
 from qfleet.api.jobs import Step
 from qfleet.pipeline import JobState, JobView, NodeView, Observed, admit, decide
 from qfleet.revision import revision_of
+from tests.unit.test_release import NVFP4, serving_stable, start_canary
+from tests.unit.test_release import SPEC as STABLE_SPEC
+from tests.unit.test_release import revision as release_revision
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 SPEC = {
@@ -271,3 +274,135 @@ def test_child_names_fit_a_label_and_stay_distinct(model: str) -> None:
     assert len(name) <= MAX_NAME
     assert name.endswith("-0123456789-nvfp4-calibrate")
     assert child_name(model + "x", "0123456789", "nvfp4", "calibrate") != name
+
+
+# -- durable step results ---------------------------------------------------------------------------------------------
+EVALUATED = job(Step.EVALUATE, JobState.SUCCEEDED, summary={"qualityDrop": "0.004", "score": "15.3"})
+
+
+def visits(spec: dict, views: dict[str, JobView], status: dict | None = None, count: int = 1,
+           **changes: Any) -> Any:
+    """`count` visits in a row, each starting from the status the one before wrote."""
+    decision = None
+    for _ in range(count):
+        decision = decide(Observed(**{**observed(spec=spec, jobs=views, status=status).__dict__, **changes}))
+        status = decision.status
+    return decision
+
+
+def test_recorded_results_outlive_their_jobs_and_pods() -> None:
+    done = visits(SPEC, jobs(CALIBRATED, BUILT, EVALUATED))
+    assert done.status["calibration"]["outcome"] == "Succeeded"
+    assert done.status["evaluation"] == {**done.status["evaluation"], "qualityDrop": "0.004", "revision": REVISION}
+    gone = visits(SPEC, {}, status=done.status, count=3)  # Jobs and pods deleted, several visits
+    assert gone.create == [] and gone.events == []
+    assert gone.status == done.status
+
+
+def test_a_finished_job_whose_pod_went_keeps_the_summary_recorded_before() -> None:
+    done = visits(SPEC, jobs(CALIBRATED, BUILT, EVALUATED))
+    podless = jobs(job(Step.CALIBRATE, JobState.SUCCEEDED), job(Step.BUILD, JobState.SUCCEEDED),
+                   job(Step.EVALUATE, JobState.SUCCEEDED))  # the Jobs stay, their pods (and summaries) are gone
+    assert visits(SPEC, podless, status=done.status, count=2).status == done.status
+
+
+def test_a_recorded_failure_is_not_retried_when_its_job_goes() -> None:
+    failed = visits(SPEC, jobs(job(Step.CALIBRATE, JobState.FAILED, failure="exit code 3")))
+    later = visits(SPEC, {}, status=failed.status, count=2)
+    assert later.create == [] and conditions(later.status)["Calibrated"] == ("False", "CalibrationFailed")
+    assert "exit code 3" in later.status["calibration"]["message"]
+
+
+def test_a_job_deleted_before_it_finished_is_created_once_again_with_an_event() -> None:
+    running = job(Step.CALIBRATE, JobState.RUNNING, uid="uid-a")
+    seen = visits(SPEC, jobs(running), count=2)
+    assert seen.status["calibration"]["jobUid"] == "uid-a" and seen.create == []
+    again = visits(SPEC, {}, status=seen.status)
+    assert [j["metadata"]["labels"]["qfleet.io/step"] for j in again.create] == ["calibrate"]
+    assert [(e.type, e.reason) for e in again.events] == [("Warning", "JobRecreated")]
+    calibrated = next(c for c in again.status["conditions"] if c["type"] == "Calibrated")
+    assert "re-created 1 time(s)" in calibrated["message"]
+    # Not yet seen again (the watch lags): created idempotently, counted once, no second Event.
+    lagging = visits(SPEC, {}, status=again.status)
+    assert lagging.status["calibration"]["recreations"] == 1 and lagging.events == []
+    back = visits(SPEC, jobs(job(Step.CALIBRATE, JobState.RUNNING, uid="uid-b")), status=lagging.status)
+    assert back.status["calibration"] == {**back.status["calibration"], "jobUid": "uid-b", "recreations": 1}
+
+
+def test_a_job_deleted_again_and_again_fails_the_step_instead_of_looping() -> None:
+    status = None
+    for n in range(4):
+        status = visits(SPEC, jobs(job(Step.CALIBRATE, JobState.RUNNING, uid=f"uid-{n}")), status=status).status
+        status = visits(SPEC, {}, status=status).status
+    status = visits(SPEC, jobs(job(Step.CALIBRATE, JobState.RUNNING, uid="uid-4")), status=status).status
+    final = visits(SPEC, {}, status=status)
+    assert final.create == [] and conditions(final.status)["Calibrated"] == ("False", "CalibrationFailed")
+    assert "deleted before it finished, 4 times" in final.status["calibration"]["message"]
+
+
+def test_a_pod_that_can_never_start_fails_its_step_with_the_reason() -> None:
+    stuck = job(Step.CALIBRATE, JobState.RUNNING, uid="u",
+                waiting="ErrImageNeverPull: image 'nvcr.io/nvidia/tritonserver:25.08' is not in the table")
+    decision = visits(SPEC, jobs(stuck))
+    assert conditions(decision.status)["Calibrated"] == ("False", "CalibrationFailed")
+    assert "spec.runtime.image" in decision.status["calibration"]["message"]
+
+
+IMAGE_BUMP = spec_with(serving__image="qfleet/runtime:test-2")
+
+
+def test_a_serving_image_bump_reuses_the_calibration_and_rebuilds() -> None:
+    done = visits(SPEC, jobs(CALIBRATED, BUILT, EVALUATED))
+    bumped = visits(IMAGE_BUMP, {}, status=done.status)
+    new = revision_of(parse_spec(IMAGE_BUMP))
+    assert new != REVISION and bumped.status["revision"]["current"] == new
+    assert [j["metadata"]["labels"]["qfleet.io/step"] for j in bumped.create] == ["build"]
+    calibrated = next(c for c in bumped.status["conditions"] if c["type"] == "Calibrated")
+    assert (calibrated["status"], calibrated["reason"]) == ("True", "CalibrationReused")
+    assert REVISION in calibrated["message"] and bumped.status["calibration"]["revision"] == REVISION
+    args = bumped.create[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--calibration") + 1].endswith(f"/llama/{REVISION}/nvfp4")
+    assert args[args.index("--artifacts") + 1].endswith(f"/llama/{new}/nvfp4")
+
+
+def test_a_runtime_image_bump_calibrates_again_in_the_new_image() -> None:
+    done = visits(SPEC, jobs(CALIBRATED, BUILT, EVALUATED))
+    bumped = visits(spec_with(runtime__image="qfleet/runtime:test-2"), {}, status=done.status)
+    created = bumped.create[0]
+    assert created["metadata"]["labels"]["qfleet.io/step"] == "calibrate"
+    assert created["spec"]["template"]["spec"]["containers"][0]["image"] == "qfleet/runtime:test-2"
+
+
+def test_jobs_run_the_runtime_image_and_servers_the_serving_image() -> None:
+    first = decide(observed(spec=spec_with(serving={}), ))
+    container = first.create[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "ghcr.io/qfleet/qfleet-runtime:0.1.0"
+    chart = decide(Observed(**{**observed().__dict__, "runtime_image": "registry.local/qfleet-runtime:1"}))
+    assert chart.create[0]["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.local/qfleet-runtime:1"
+
+
+def test_an_auto_ladder_rejection_is_recorded_and_not_evaluated_again() -> None:
+    auto = AUTO
+    rev = revision_of(parse_spec(auto))
+    nvfp4 = jobs(*(JobView(job_name("llama", rev, "nvfp4", step), JobState.SUCCEEDED, summary)
+                   for step, summary in ((Step.CALIBRATE, {"kvFormat": "nvfp4"}), (Step.BUILD, {}),
+                                         (Step.EVALUATE, {"qualityDrop": "0.05"}))))
+    rejected = visits(auto, nvfp4)
+    assert [e["outcome"] for e in rejected.status["ladder"]][:2] == ["QualityGateFailed", "Selected"]
+    later = visits(auto, {}, status=rejected.status)  # nvfp4's Jobs are gone; fp8's calibration runs
+    assert [j["metadata"]["labels"]["qfleet.io/kv-format"] for j in later.create] == ["fp8"]
+    assert later.status["ladder"] == rejected.status["ladder"]
+
+
+def test_a_revision_that_returns_reuses_the_results_in_its_history_entry() -> None:
+    world = start_canary(serving_stable())
+    world.at(1).visit()
+    world.action = f"abort:{release_revision(NVFP4)}"
+    world.at(2).visit()
+    rolled_back, stable = world.status["history"][-1], world.status["history"][0]
+    assert rolled_back["outcome"] == "RolledBack" and rolled_back["evaluation"]["revision"] == release_revision(NVFP4)
+    assert stable["engine"]["revision"] == world.status["revision"]["stable"] == release_revision(STABLE_SPEC)
+    # The spec goes back to the stable revision and every Job is gone: its results come from its history entry.
+    again = decide(replace(world.observed(), spec=STABLE_SPEC, jobs={}))
+    assert again.create == [] and again.status["engine"]["revision"] == release_revision(STABLE_SPEC)
+    assert conditions(again.status)["Evaluated"] == ("True", "EvaluationPassed")

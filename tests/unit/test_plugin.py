@@ -158,9 +158,13 @@ def test_plan_is_qfleet_plan(capsys):
     assert capsys.readouterr().out == via_plugin
 
 
+CANARY_RUNNING = {"metadata": {"name": "llama"}, "status": {"revision": {"stable": "52aa0c1d2e",
+                                                                          "canary": "7c85199be1"}}}
+
+
 @pytest.mark.parametrize("verb, patch", [
-    ("promote", {"metadata": {"annotations": {"qfleet.io/rollout-action": "promote"}}}),
-    ("abort", {"metadata": {"annotations": {"qfleet.io/rollout-action": "abort"}}}),
+    ("promote", {"metadata": {"annotations": {"qfleet.io/rollout-action": "promote:7c85199be1"}}}),
+    ("abort", {"metadata": {"annotations": {"qfleet.io/rollout-action": "abort:7c85199be1"}}}),
     ("pause", {"spec": {"rollout": {"paused": True}}}),
     ("resume", {"spec": {"rollout": {"paused": False}}}),
 ])
@@ -169,19 +173,30 @@ def test_rollout_verbs_send_one_merge_patch_and_say_what_they_did(verb, patch, c
 
     def patcher(name, namespace, body):
         sent.append((name, namespace, body))
-        return {"metadata": {"name": name}, "status": {"revision": {"canary": "7c85199be1"}}}
+        return CANARY_RUNNING
 
-    assert main([verb, "llama", "-n", "ml"], patcher=patcher) == 0
+    assert main([verb, "llama", "-n", "ml"], reader=lambda name, namespace: CANARY_RUNNING, patcher=patcher) == 0
     assert sent == [("llama", "ml", patch)]
     assert capsys.readouterr().out == f"quantizedmodel.qfleet.io/llama {verb} requested (canary 7c85199be1)\n"
+
+
+@pytest.mark.parametrize("verb", ["promote", "abort"])
+def test_promote_or_abort_with_no_canary_running_refuses_and_writes_nothing(verb, capsys):
+    serving = {"metadata": {"name": "llama"}, "status": {"revision": {"stable": "52aa0c1d2e"}}}
+    sent = []
+    assert main([verb, "llama", "-n", "ml"], reader=lambda name, namespace: serving,
+                patcher=lambda *call: sent.append(call)) == 1
+    assert sent == []
+    assert (f"kubectl qfleet {verb}: error: no canary is running (revision 52aa0c1d2e is stable): there is nothing "
+            f"to {verb}") in capsys.readouterr().err
 
 
 def test_a_rollout_verb_on_a_missing_model_is_an_error(capsys):
     def patcher(name, namespace, body):
         raise kube.NotFound(f"QuantizedModel {namespace}/{name} not found")
 
-    assert main(["abort", "nope", "-n", "ml"], patcher=patcher) == 1
-    assert "kubectl qfleet abort: error: QuantizedModel ml/nope not found" in capsys.readouterr().err
+    assert main(["pause", "nope", "-n", "ml"], patcher=patcher) == 1
+    assert "kubectl qfleet pause: error: QuantizedModel ml/nope not found" in capsys.readouterr().err
 
 
 def test_the_last_analysis_shows_each_gate_with_its_interval_and_samples():

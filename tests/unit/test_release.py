@@ -336,12 +336,58 @@ def test_reverting_the_spec_to_the_stable_revision_clears_rolled_back() -> None:
 def test_a_person_can_promote_or_abort_and_the_annotation_is_consumed(action: str, outcome: str) -> None:
     world = start_canary(serving_stable())
     world.at(1).visit()
-    world.action = action
+    world.action = f"{action}:{revision(NVFP4)}"
     decision = world.at(2).visit()
     assert decision.release.action_done and world.action is None
     assert world.status["history"][-1] == {**world.status["history"][-1], "revision": revision(NVFP4),
                                            "outcome": outcome}
     assert decision.release.rollback_cause == ("manual" if action == "abort" else None)
+    assert not [e for e in decision.events if e.reason == "RolloutActionIgnored"]
+
+
+@pytest.mark.parametrize("action, why", [
+    ("promote", "it names no revision: write promote:{canary}"),
+    ("promote:0123456789", "it names revision 0123456789, but the canary is revision {canary}"),
+    ("abort:0123456789", "it names revision 0123456789, but the canary is revision {canary}"),
+    ("finish:{canary}", "it is not an action"),
+])
+def test_an_action_for_another_revision_is_dropped_with_a_warning_and_changes_nothing(action: str, why: str) -> None:
+    world = start_canary(serving_stable())
+    world.at(1).visit()
+    before = copy.deepcopy(world.status)
+    world.action = action.format(canary=revision(NVFP4))
+    decision = world.at(2).visit()
+    assert decision.release.action_done and world.action is None
+    assert world.status["revision"] == before["revision"] and world.status["history"] == before["history"]
+    assert world.status["canary"]["step"] == before["canary"]["step"] and not decision.release.promoted
+    warnings = [e for e in decision.events if e.reason == "RolloutActionIgnored"]
+    assert len(warnings) == 1 and warnings[0].type == "Warning"
+    assert why.format(canary=revision(NVFP4)) in warnings[0].message
+
+
+def test_an_action_left_while_no_canary_runs_is_dropped_and_never_promotes_a_later_canary() -> None:
+    world = serving_stable()
+    world.action = f"promote:{revision(NVFP4)}"  # written for a canary that is not running
+    decision = world.at(1).visit()
+    warnings = [e for e in decision.events if e.reason == "RolloutActionIgnored"]
+    assert world.action is None and "no canary is running" in warnings[0].message
+    start_canary(world)
+    world.at(10).visit()
+    assert world.status["revision"]["canary"] == revision(NVFP4)
+    assert [h["outcome"] for h in world.status["history"]] == ["Promoted"]
+
+
+def test_an_action_for_a_canary_that_is_still_starting_waits_for_it() -> None:
+    world = serving_stable()
+    world.ready = False
+    world.spec = NVFP4
+    world.action = f"promote:{revision(NVFP4)}"
+    decision = world.at(1).visit()
+    assert world.action is not None and not decision.release.action_done
+    world.ready = True
+    world.deployments = {name: replace(view, ready_replicas=view.replicas) for name, view in world.deployments.items()}
+    world.at(2).visit()
+    assert world.action is None and world.status["revision"]["stable"] == revision(NVFP4)
 
 
 def test_pause_holds_the_weight_but_keeps_analysing_and_an_abort_still_rolls_back() -> None:

@@ -47,6 +47,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
+{{/* The runtime image: the default of every model's spec.runtime.image (and through it spec.serving.image). */}}
+{{- define "qfleet.runtimeImage" -}}
+{{- printf "%s:%s" .Values.runtime.image.repository (default .Chart.AppVersion .Values.runtime.image.tag) -}}
+{{- end -}}
+
 {{/*
 The operator's RBAC rules, the one place they are written. Called with a dict:
   scope: "all"       every rule (ClusterRole, clusterScoped: true)
@@ -65,7 +70,8 @@ Verbs are exact; nothing is "*". docs/operations.md explains each rule.
 {{- /* No namespaces rule: with --all-namespaces Kopf never lists them; with --namespace=<one> it tries, logs
 "Not enough permissions to list namespaces" and falls back to that exact namespace, which is all it needs. */}}
 {{- if or (eq $scope "all") (eq $scope "cluster") }}
-# Application: admission reads the GPU Feature Discovery labels and allocatable GPUs of every Node (index qfleet_nodes).
+# Application: admission reads the GPU Feature Discovery labels and allocatable GPUs of every Node (watched, cached
+# as grouped views).
 - apiGroups: [""]
   resources: ["nodes"]
   verbs: ["list", "watch"]
@@ -76,7 +82,8 @@ Verbs are exact; nothing is "*". docs/operations.md explains each rule.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
-# Framework + Application: watch QuantizedModels; Kopf patches its finalizer and annotations (qfleet.io/*).
+# Application: watch QuantizedModels; patch removes a person's consumed rollout action (JSON-patch test) and the
+# finalizer qfleet 0.1.0 added.
 - apiGroups: ["qfleet.io"]
   resources: ["quantizedmodels"]
   verbs: ["list", "watch", "patch"]
@@ -89,30 +96,30 @@ Verbs are exact; nothing is "*". docs/operations.md explains each rule.
 - apiGroups: ["qfleet.io"]
   resources: ["quantizedmodels/finalizers"]
   verbs: ["update"]
-# Application: calibration, build and evaluation Jobs (index qfleet_jobs, created with a deterministic name).
+# Application: calibration, build and evaluation Jobs (watched, created with a deterministic name).
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["list", "watch", "create"]
-# Application: the Jobs' pods, for their termination messages and scheduling complaints (index qfleet_pods).
+# Application: the Jobs' pods, for their termination messages and scheduling complaints (watched).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
-# Application: a serving Deployment per revision (index qfleet_deployments), created with a deterministic name and
-# only ever resized afterwards, through the scale subresource.
+# Application: a serving Deployment per revision (watched), created with a deterministic name and only ever resized
+# afterwards, through the scale subresource.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["list", "watch", "create"]
 - apiGroups: ["apps"]
   resources: ["deployments/scale"]
   verbs: ["patch"]
-# Application: the stable and canary Services (index qfleet_services); promotion moves their selector.
+# Application: the stable and canary Services (watched); promotion moves their selector.
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["list", "watch", "create", "patch"]
-# Application: the user's HTTPRoute named in spec.rollout.trafficRouting.gatewayAPI.httpRoute: read, and its rules'
-# backendRef weights set.
+# Application: the user's HTTPRoute named in spec.rollout.trafficRouting.gatewayAPI.httpRoute: watched, and its
+# rules' backendRef weights set (guarded by its resourceVersion).
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
-  verbs: ["get", "patch"]
+  verbs: ["list", "watch", "patch"]
 {{- end }}
 {{- end -}}

@@ -48,6 +48,8 @@ class Reason(StrEnum):
     CALIBRATING = "Calibrating"
     CALIBRATION_SUCCEEDED = "CalibrationSucceeded"
     CALIBRATION_NOT_REQUIRED = "CalibrationNotRequired"
+    CALIBRATION_REUSED = "CalibrationReused"
+    """An earlier revision's calibration had the same inputs (model, formats, dataset, runtime image and env)."""
     CALIBRATION_FAILED = "CalibrationFailed"
 
     # EngineBuilt.
@@ -90,6 +92,12 @@ class Reason(StrEnum):
     ROLLOUT_PAUSED = "RolloutPaused"
     """`spec.rollout.paused` holds the canary at its current weight."""
 
+    # Events only (no condition carries them).
+    JOB_RECREATED = "JobRecreated"
+    """A step's Job was deleted before it finished and was created again (at most MAX_JOB_RECREATIONS times)."""
+    ROLLOUT_ACTION_IGNORED = "RolloutActionIgnored"
+    """A qfleet.io/rollout-action annotation for no running canary, or for another revision, was dropped."""
+
 
 class Phase(StrEnum):
     """`status.phase`: derived from the conditions for display, never read back as state."""
@@ -113,6 +121,13 @@ class Verdict(StrEnum):
     FAIL = "Fail"
     INCONCLUSIVE = "Inconclusive"
     ABORT = "Abort"
+
+
+class StepOutcome(StrEnum):
+    """How a pipeline step's Job ended, as recorded in status."""
+
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
 
 
 class Outcome(StrEnum):

@@ -55,11 +55,16 @@ class StepInvocation:
 
 
 def step_invocation(
-    step: Step, spec: QuantizedModelSpec, revision: str, kv_format: str, compute_capability: tuple[int, int]
+    step: Step, spec: QuantizedModelSpec, revision: str, kv_format: str, compute_capability: tuple[int, int],
+    calibrated_by: str | None = None,
 ) -> StepInvocation:
+    """`calibrated_by`: the earlier revision whose calibration this one reuses (its inputs are unchanged); build and
+    evaluation then read that revision's calibration directory instead of their own."""
     artifacts = ArtifactLocation.parse(spec.artifacts.uri, revision, kv_format)
     common = ("--revision", revision, "--kv-format", kv_format, "--artifacts", artifacts.path,
               "--summary-file", TERMINATION_MESSAGE_PATH)
+    if step is not Step.CALIBRATE and calibrated_by not in (None, revision):
+        common += ("--calibration", ArtifactLocation.parse(spec.artifacts.uri, calibrated_by, kv_format).path)
     calibration = spec.quantization.calibration
     if step is Step.CALIBRATE:
         specific: tuple[str, ...] = (

@@ -32,6 +32,10 @@ from qfleet.shapes import ModelShape, dense_shape, known_shape
 
 MAX_GPUS_PER_REPLICA = 72
 """One GB200 NVL72 rack."""
+DEFAULT_RUNTIME_IMAGE = "ghcr.io/qfleet/qfleet-runtime:0.1.0"
+"""The image built from runtime_image/Dockerfile at this version: what calibration, build and evaluation run in, and
+what serves, unless the chart (QFLEET_RUNTIME_IMAGE) or the model (spec.runtime.image, spec.serving.image) says
+otherwise."""
 
 EngineBackend = Literal["tensorrt-llm", "qfleet-python"]
 LabelValue = Annotated[str, StringConstraints(max_length=63)]
@@ -130,7 +134,8 @@ class Resources(SpecObject):
 
 
 class Serving(SpecObject):
-    image: str = Field(min_length=1, max_length=512, examples=["nvcr.io/nvidia/tritonserver:25.08-trtllm-python-py3"])
+    image: str | None = Field(default=None, min_length=1, max_length=512,
+                              examples=["ghcr.io/qfleet/qfleet-runtime:0.1.0"])
     replicas: int = Field(default=1, ge=1, le=1000)
     resources: Resources | None = None
     quality_sample_share: SampleShare = Decimal("0.1")
@@ -142,6 +147,8 @@ class EnvVar(SpecObject):
 
 
 class Runtime(SpecObject):
+    image: str | None = Field(default=None, min_length=1, max_length=512,
+                              examples=["ghcr.io/qfleet/qfleet-runtime:0.1.0"])
     env: list[EnvVar] | None = Field(default=None, max_length=50)
 
     def violations(self) -> Iterator[FieldError]:
@@ -161,7 +168,7 @@ class QuantizedModelSpec(SpecObject):
     quantization: Quantization = Field(examples=["{kvCache: fp8}"])
     engine: Engine = Field(default_factory=Engine)
     node_pool: NodePool = Field(default_factory=NodePool)
-    serving: Serving = Field(examples=["{image: nvcr.io/nvidia/tritonserver:25.08-trtllm-python-py3}"])
+    serving: Serving = Field(default_factory=Serving)
     rollout: Rollout = Field(default_factory=Rollout)
     runtime: Runtime = Field(default_factory=Runtime)
     artifacts: Artifacts = Field(examples=["{uri: pvc://qfleet-artifacts/llama}"])
@@ -170,6 +177,25 @@ class QuantizedModelSpec(SpecObject):
         tensor_parallel = self.engine.tensor_parallel
         if tensor_parallel is not None and self.node_pool.gpus_per_replica % tensor_parallel:
             yield FieldError("engine.tensorParallel", rules.TENSOR_PARALLEL_DIVIDES_GPUS)
+
+    def with_images(self, default_runtime_image: str) -> QuantizedModelSpec:
+        """The spec with both images written out: `runtime.image` defaults to the operator's runtime image, and
+        `serving.image` to the runtime image (it runs `qfleet-runtime serve`)."""
+        runtime_image = self.runtime.image or default_runtime_image
+        return self.model_copy(update={
+            "runtime": self.runtime.model_copy(update={"image": runtime_image}),
+            "serving": self.serving.model_copy(update={"image": self.serving.image or runtime_image}),
+        })
+
+    @property
+    def runtime_image(self) -> str:
+        """The image of the calibration, build and evaluation Jobs (after `with_images`)."""
+        return self.runtime.image or DEFAULT_RUNTIME_IMAGE
+
+    @property
+    def serving_image(self) -> str:
+        """The image of the serving Deployment (after `with_images`)."""
+        return self.serving.image or self.runtime_image
 
     @property
     def tensor_parallel(self) -> int:

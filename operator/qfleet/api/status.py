@@ -7,7 +7,7 @@ from datetime import datetime
 from pydantic import Field
 
 from qfleet.api.base import StatusObject
-from qfleet.api.conditions import ConditionStatus, Outcome, Phase, Verdict
+from qfleet.api.conditions import ConditionStatus, Outcome, Phase, StepOutcome, Verdict
 
 MAX_HISTORY = 10
 
@@ -46,8 +46,26 @@ class CalibrationReport(StatusObject):
     fallback_layers: list[int] = Field(default_factory=list)
 
 
-class CalibrationStatus(StatusObject):
+class StepRecord(StatusObject):
+    """What the operator recorded of one pipeline step's Job. Once `outcome` is set it is the record: never recomputed
+    from the Job or its pod, which may be gone (docs/operations.md)."""
+
     job: str | None = None
+    revision: str | None = None
+    """The revision the Job ran for (a reused calibration names the revision that ran it)."""
+    outcome: StepOutcome | None = None
+    """Succeeded or Failed; absent while the Job runs."""
+    message: str | None = Field(default=None, max_length=1024)
+    """Why the step failed."""
+    job_uid: str | None = None
+    """The running Job's uid once seen: a Job missing after that was deleted before it finished."""
+    recreations: int | None = None
+    """Times the Job was re-created after being deleted before it finished."""
+
+
+class CalibrationStatus(StepRecord):
+    inputs_hash: str | None = None
+    """`qfleet.revision.calibration_key`: a later revision with the same inputs reuses this calibration."""
     dataset: str | None = None
     dataset_hash: str | None = None
     samples: int | None = None
@@ -57,16 +75,14 @@ class CalibrationStatus(StatusObject):
     completed_at: datetime | None = None
 
 
-class EngineStatus(StatusObject):
-    job: str | None = None
+class EngineStatus(StepRecord):
     artifact: str | None = None
     kv_cache_dtype: str | None = None
     compute_capability: str | None = None
     built_at: datetime | None = None
 
 
-class EvaluationStatus(StatusObject):
-    job: str | None = None
+class EvaluationStatus(StepRecord):
     quality_drop: str | None = None
     score: str | None = None
     baseline_score: str | None = None
@@ -121,6 +137,11 @@ class HistoryEntry(StatusObject):
     artifact: str | None = Field(default=None, max_length=8192)
     """The spec fields that make this revision as compact JSON (`qfleet.revision.artifact_spec`): what
     `kubectl qfleet rollback --to` writes back into the spec."""
+    calibration: CalibrationStatus | None = None
+    engine: EngineStatus | None = None
+    evaluation: EvaluationStatus | None = None
+    """The revision's step results as recorded when it ran: a revision that returns (rollback, a revert) reuses
+    them instead of running its Jobs again."""
 
 
 class LadderEntry(StatusObject):

@@ -27,17 +27,30 @@ Reader = Callable[[str, str | None], Mapping[str, Any]]
 Patcher = Callable[[str, str | None, dict], Mapping[str, Any]]
 """(name, namespace, merge patch) -> the patched QuantizedModel document."""
 
-ROLLOUT_VERBS: dict[str, tuple[str, dict]] = {
-    "promote": ("promote the canary to stable now, whatever its step",
-                {"metadata": {"annotations": {ACTION_ANNOTATION: "promote"}}}),
-    "abort": ("roll the canary back now (the revision is not retried)",
-              {"metadata": {"annotations": {ACTION_ANNOTATION: "abort"}}}),
+ROLLOUT_VERBS: dict[str, tuple[str, dict | None]] = {
+    "promote": ("promote the running canary to stable now, whatever its step", None),
+    "abort": ("roll the running canary back now (the revision is not retried)", None),
     "pause": ("hold the canary at its weight (spec.rollout.paused: true; analysis and aborts go on)",
               {"spec": {"rollout": {"paused": True}}}),
     "resume": ("let the canary go on (spec.rollout.paused: false)", {"spec": {"rollout": {"paused": False}}}),
 }
-"""Each verb's merge patch. promote/abort are one-off annotations the operator removes once it has acted; pause and
-resume edit the spec (under GitOps, commit them instead: see docs/gitops.md)."""
+"""Each verb's merge patch. promote/abort (None here) are one-off annotations naming the running canary's revision,
+`promote:REVISION`, which the operator removes once it has acted (or dropped them, for any other revision); pause
+and resume edit the spec (under GitOps, commit them instead: see docs/gitops.md)."""
+
+
+def action_patch(verb: str, document: Mapping[str, Any]) -> dict:
+    """The annotation that asks for `verb` on the model's running canary; ActionRefused when none runs (an action left for no canary would otherwise wait for one nobody has looked at)."""
+    canary = ((document.get("status") or {}).get("revision") or {}).get("canary")
+    if not canary:
+        stable = ((document.get("status") or {}).get("revision") or {}).get("stable")
+        serving = f" (revision {stable} is stable)" if stable else ""
+        raise ActionRefused(f"no canary is running{serving}: there is nothing to {verb}")
+    return {"metadata": {"annotations": {ACTION_ANNOTATION: f"{verb}:{canary}"}}}
+
+
+class ActionRefused(Exception):
+    """promote/abort with no canary running."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,13 +101,13 @@ def main(argv: Sequence[str] | None = None, reader: Reader | None = None, patche
         return qfleet_main.main(args_list)
     parser = build_parser()
     args = parser.parse_args(args_list)
-    if args.command in ROLLOUT_VERBS:
-        return _act(args, patcher)
-    if args.command not in ("status", "rollback"):
+    if args.command not in (*ROLLOUT_VERBS, "status", "rollback"):
         parser.print_help(sys.stderr)
         return 2
     read = reader or (lambda name, namespace: kube.read_model(name, namespace, kubeconfig=args.kubeconfig,
                                                               context=args.context))
+    if args.command in ROLLOUT_VERBS:
+        return _act(args, read, patcher)
     if args.command == "rollback":
         return _rollback(args, read, patcher)
     try:
@@ -106,17 +119,20 @@ def main(argv: Sequence[str] | None = None, reader: Reader | None = None, patche
     return 0
 
 
-def _act(args: argparse.Namespace, patcher: Patcher | None) -> int:
+def _act(args: argparse.Namespace, read: Reader, patcher: Patcher | None) -> int:
     patch = (patcher or (lambda name, namespace, body: kube.patch_model(
         name, namespace, body, kubeconfig=args.kubeconfig, context=args.context)))
     try:
-        document = patch(args.name, args.namespace, ROLLOUT_VERBS[args.command][1])
-    except kube.NotFound as error:
+        body = ROLLOUT_VERBS[args.command][1]
+        if body is None:
+            body = action_patch(args.command, read(args.name, args.namespace))
+        document = patch(args.name, args.namespace, body)
+    except (kube.NotFound, ActionRefused) as error:
         print(f"kubectl qfleet {args.command}: error: {error}", file=sys.stderr)
         return 1
     meta = document.get("metadata", {})
     canary = ((document.get("status") or {}).get("revision") or {}).get("canary")
-    target = f"canary {canary}" if canary else "no canary is running now; the operator acts on the next one"
+    target = f"canary {canary}" if canary else "no canary is running now"
     print(f"quantizedmodel.qfleet.io/{meta.get('name')} {args.command} requested ({target})")
     return 0
 

@@ -69,6 +69,11 @@ def rollback_patch(document: Mapping[str, Any], revision: str) -> dict[str, Any]
         "nodePool": {"gpusPerReplica": artifact["nodePool"]["gpusPerReplica"]},
         "runtime": {"env": artifact["runtime"]["env"] or None},
     }
+    # Entries written before images were artifact fields hold none: the spec's own images stay.
+    if artifact["runtime"].get("image"):
+        patch["runtime"]["image"] = artifact["runtime"]["image"]
+    if (artifact.get("serving") or {}).get("image"):
+        patch["serving"] = {"image": artifact["serving"]["image"]}
     for section in SECTIONS:
         patch[section] = merge_patch_to(spec.get(section) or {}, artifact[section])
     try:

@@ -52,7 +52,7 @@ def step_job(owner: Owner, spec: QuantizedModelSpec, revision: str, kv_format: s
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     container = {
         "name": step.value,
-        "image": spec.serving.image,
+        "image": spec.runtime_image,
         "command": [PROGRAM],
         "args": list(invocation.args),
         "env": env,

@@ -48,7 +48,7 @@ def serving_deployment(owner: Owner, spec: QuantizedModelSpec, revision: str, kv
                                                                        "readOnly": True}})
         mounts.append({"name": "artifacts", "mountPath": ARTIFACTS_MOUNT, "readOnly": True})
     container = {
-        "name": "server", "image": spec.serving.image, "command": [PROGRAM],
+        "name": "server", "image": spec.serving_image, "command": [PROGRAM],
         "args": list(serve_args(spec, revision, kv_format)),
         "env": [{"name": var.name, "value": var.value} for var in spec.runtime.env or ()],
         "ports": [{"name": "http", "containerPort": HTTP_PORT}, {"name": "grpc", "containerPort": GRPC_PORT},

@@ -20,6 +20,8 @@ class NodeView:
     labels: Mapping[str, str]
     allocatable_gpus: int
     schedulable: bool = True
+    count: int = 1
+    """How many nodes this view stands for (nodes alike but for their name are one view)."""
 
     @property
     def compute_capability(self) -> ComputeCapability | None:
@@ -48,11 +50,15 @@ def _selected(spec: QuantizedModelSpec, nodes: Iterable[NodeView]) -> list[NodeV
     return [n for n in nodes if n.schedulable and all(n.labels.get(k) == v for k, v in selector.items())]
 
 
+def _count(nodes: Sequence[NodeView]) -> int:
+    return sum(n.count for n in nodes)
+
+
 def _describe(nodes: Sequence[NodeView]) -> str:
-    kinds = Counter(
-        (n.labels.get(LABEL_PRODUCT, "unlabelled"),
-         format_compute_capability(n.compute_capability) if n.compute_capability else "unknown")
-        for n in nodes)
+    kinds: Counter[tuple[str, str]] = Counter()
+    for n in nodes:
+        kinds[(n.labels.get(LABEL_PRODUCT, "unlabelled"),
+               format_compute_capability(n.compute_capability) if n.compute_capability else "unknown")] += n.count
     return ", ".join(f"{count} x {product} (compute capability {cc})" for (product, cc), count in sorted(kinds.items()))
 
 
@@ -69,7 +75,7 @@ def admit(spec: QuantizedModelSpec, nodes: Sequence[NodeView], excluded: Iterabl
     roomy = [n for n in selected if n.allocatable_gpus >= gpus]
     if not roomy:
         most = max(n.allocatable_gpus for n in selected)
-        return Admission(None, message=f"nodePool.gpusPerReplica asks for {gpus} GPUs, but the {len(selected)} "
+        return Admission(None, message=f"nodePool.gpusPerReplica asks for {gpus} GPUs, but the {_count(selected)} "
                                        f"selected nodes have at most {most} allocatable nvidia.com/gpu")
     weights = weight_format(spec.quantization.weights)
     skipped: list[tuple[str, str]] = []
@@ -87,10 +93,13 @@ def admit(spec: QuantizedModelSpec, nodes: Sequence[NodeView], excluded: Iterabl
             continue
         best = max(n.compute_capability for n in fits if n.compute_capability is not None)
         pinned = [n for n in fits if n.compute_capability == best]
-        product = Counter(n.labels.get(LABEL_PRODUCT, "unlabelled") for n in pinned).most_common(1)[0][0]
+        products: Counter[str] = Counter()
+        for n in pinned:
+            products[n.labels.get(LABEL_PRODUCT, "unlabelled")] += n.count
+        product = products.most_common(1)[0][0]
         return Admission(name, compute_capability=best, gpu_product=product,
                          nodes=tuple(sorted(n.name for n in pinned)), skipped=tuple(skipped),
-                         message=f"{len(pinned)} node(s) of {product} (compute capability "
+                         message=f"{_count(pinned)} node(s) of {product} (compute capability "
                                  f"{format_compute_capability(best)}) can run KV {name}")
     reasons = "; ".join(f"{name} {why}" for name, why in skipped) or "every ladder format was ruled out"
     return Admission(None, skipped=tuple(skipped), message=f"no selected node can run the KV format: {reasons}")

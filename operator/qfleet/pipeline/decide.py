@@ -8,56 +8,41 @@ with nothing new returns the status unchanged.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from enum import StrEnum
 from fractions import Fraction
 from typing import Any
 
 from qfleet.api import SpecError, parse_spec
 from qfleet.api.conditions import PIPELINE_STEPS, ConditionStatus, ConditionType, Reason
 from qfleet.api.jobs import Step, step_invocation
-from qfleet.api.spec import QuantizedModelSpec
+from qfleet.api.conditions import StepOutcome
+from qfleet.api.spec import DEFAULT_RUNTIME_IMAGE, QuantizedModelSpec
 from qfleet.api.status import (
-    CalibrationStatus,
     CapacityStatus,
     Condition,
-    EngineStatus,
     EvaluationStatus,
     LadderEntry,
     QuantizedModelStatus,
     RevisionStatus,
+    StepRecord,
 )
 from qfleet.capacity import plan_capacity
 from qfleet.conditions import derive_phase, find_condition, set_condition, with_unknown_conditions
 from qfleet.formats import format_compute_capability, kv_format, weight_format
 from qfleet.gpus import GPUS
 from qfleet.manifests.jobs import Owner, job_name, step_job
+from qfleet.pipeline import records
 from qfleet.pipeline.admission import Admission, NodeView, admit
+from qfleet.pipeline.records import JobState, JobView
 from qfleet.pipeline.release import DeploymentView, Measured, ReleaseChanges, ReleaseInput, Servable, release
-from qfleet.revision import revision_of
+from qfleet.pipeline.wake import next_wake
+from qfleet.revision import calibration_key, revision_of
 
-
-class JobState(StrEnum):
-    RUNNING = "Running"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-
-
-@dataclass(frozen=True)
-class JobView:
-    """What the operator saw of one child Job: its state, the step's summary, and why it failed."""
-
-    name: str
-    state: JobState
-    summary: Mapping[str, Any] = field(default_factory=dict)
-    failure: str = ""
-    waiting: str = ""
-    """Why a running Job's pod has not started (e.g. unschedulable), if it has not."""
-    finished_at: str | None = None
-    """When the Job completed or failed, as the Job's status says (RFC 3339)."""
+__all__ = ["Decision", "Event", "JobState", "JobView", "Observed", "decide"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +63,9 @@ class Observed:
     """Prometheus's answers to the queries a first pass of this visit asked for (ReleaseChanges.measure)."""
     action: str | None = None
     """A person's rollout action (the qfleet.io/rollout-action annotation)."""
+    runtime_image: str = DEFAULT_RUNTIME_IMAGE
+    """The operator's runtime image (QFLEET_RUNTIME_IMAGE, the chart's runtime.image): the default of
+    spec.runtime.image, and through it of spec.serving.image."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +81,8 @@ class Decision:
     create: list[dict[str, Any]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     release: ReleaseChanges = field(default_factory=ReleaseChanges)
+    wake: datetime | None = None
+    """When the model next needs a visit no event will bring (qfleet.pipeline.wake); None: only events and resync."""
 
 
 STEP_CONDITION = {Step.CALIBRATE: ConditionType.CALIBRATED, Step.BUILD: ConditionType.ENGINE_BUILT,
@@ -134,9 +124,11 @@ class _Visit:
     observed: Observed
     spec: QuantizedModelSpec
     revision: str
+    old: QuantizedModelStatus
     status: QuantizedModelStatus
     conditions: _Conditions
     create: list[dict[str, Any]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     servable: Servable | None = None
 
 
@@ -146,21 +138,24 @@ def decide(observed: Observed) -> Decision:
     conditions = _Conditions(old.conditions, observed.now, observed.generation)
     status.observed_generation = observed.generation
     try:
-        spec = parse_spec(observed.spec)
+        spec = parse_spec(observed.spec).with_images(observed.runtime_image)
     except SpecError as error:
         conditions.set(ConditionType.READY, ConditionStatus.FALSE, Reason.INVALID_SPEC, str(error))
         return _finish(old, status, conditions, [])
 
     revision = revision_of(spec)
     status.revision = (status.revision or RevisionStatus()).model_copy(update={"current": revision})
-    visit = _Visit(observed, spec, revision, status, conditions)
+    visit = _Visit(observed, spec, revision, old, status, conditions)
     _pipeline(visit)
     changes = release(ReleaseInput(
         name=observed.name, namespace=observed.namespace, uid=observed.uid, spec=spec, revision=revision,
         servable=visit.servable, deployments=observed.deployments, route=observed.route, measured=observed.measured,
-        action=observed.action, now=observed.now), status, conditions.set)
+        action=observed.action, now=observed.now,
+        results=lambda of: records.results_of(of, status, old)), status, conditions.set)
     decision = _finish(old, status, conditions, visit.create)
+    decision.events = [*visit.events, *decision.events, *(Event(*event) for event in changes.events)]
     decision.release = changes
+    decision.wake = next_wake(spec, status, observed.now)
     return decision
 
 
@@ -168,7 +163,7 @@ def _pipeline(visit: _Visit) -> None:
     """Admission, then the steps for the first candidate format; for `auto`, a format whose evaluation fails the
     quality gate is passed over for the next one the pool can run."""
     spec, status = visit.spec, visit.status
-    rejected: list[tuple[str, str]] = []
+    rejected = _recorded_rejections(visit)
     while True:
         admission = admit(spec, visit.observed.nodes, excluded=[name for name, _ in rejected])
         status.ladder = _ladder(spec, admission, rejected)
@@ -182,6 +177,16 @@ def _pipeline(visit: _Visit) -> None:
         rejected.append((admission.kv_format, outcome.message))
 
 
+def _recorded_rejections(visit: _Visit) -> list[tuple[str, str]]:
+    """kvCache auto: ladder formats this revision's evaluation already failed, as recorded (their records are gone
+    from the step sections once the next format runs)."""
+    old = visit.old
+    if old.revision is None or old.revision.current != visit.revision:
+        return []
+    return [(entry.kv_cache, entry.message or "") for entry in old.ladder or ()
+            if entry.outcome == Reason.QUALITY_GATE_FAILED]
+
+
 @dataclass(frozen=True)
 class _QualityFailed:
     message: str
@@ -193,53 +198,103 @@ def _has_next(spec: QuantizedModelSpec, admission: Admission, rejected: list[tup
 
 
 def _run_steps(visit: _Visit, admission: Admission) -> _QualityFailed | None:
-    """Creates or reads the Job of each step in turn; returns _QualityFailed when the evaluation failed the gate."""
-    spec, revision, fmt = visit.spec, visit.revision, admission.kv_format
+    """Each step in turn from its record, else from its Job (created when missing); returns _QualityFailed when the
+    evaluation failed the gate."""
+    revision, fmt = visit.revision, admission.kv_format
     assert fmt is not None and admission.compute_capability is not None
-    status, conditions, observed = visit.status, visit.conditions, visit.observed
+    status, conditions = visit.status, visit.conditions
     status.calibration, status.engine, status.evaluation = None, None, None
-    owner = Owner(observed.name, observed.namespace, observed.uid)
     steps = [Step.CALIBRATE, Step.BUILD, Step.EVALUATE]
+    calibrated_by: str | None = None
     for index, step in enumerate(steps):
         condition = STEP_CONDITION[step]
         if step is Step.CALIBRATE and not kv_format(fmt).needs_calibration:
             conditions.set(condition, ConditionStatus.TRUE, Reason.CALIBRATION_NOT_REQUIRED,
                            f"KV {fmt} keeps full precision: nothing to calibrate")
             continue
-        name = job_name(observed.name, revision, fmt, step)
-        job = observed.jobs.get(name)
-        if job is None or job.state is JobState.RUNNING:
-            if job is None:
-                invocation = step_invocation(step, spec, revision, fmt, admission.compute_capability)
-                visit.create.append(step_job(owner, spec, revision, fmt, admission.compute_capability, invocation))
-            stuck = f"; its pod waits: {job.waiting}" if job is not None and job.waiting else ""
-            conditions.set(condition, ConditionStatus.UNKNOWN, IN_PROGRESS[step],
-                           f"Job {name} runs {step.value} of revision {revision} (KV {fmt}) on "
-                           f"{admission.gpu_product}{stuck}")
+        record = _step_record(visit, admission, step, calibrated_by)
+        setattr(status, records.SECTION[step], record)
+        if record.outcome is None:
+            _in_progress(visit, admission, step, record)
             _waiting(conditions, steps[index + 1:], step)
-            _ready(conditions, ConditionStatus.FALSE, Reason.ROLLOUT_IN_PROGRESS,
-                   f"Revision {revision}: {step.value} in progress (Job {name})")
             return None
-        _record(visit, step, job, fmt, admission)
-        if job.state is JobState.FAILED:
-            message = f"Job {name} failed: {job.failure or 'no reason given'}"
+        if record.outcome is StepOutcome.FAILED:
+            message = f"Job {record.job} failed: {record.message or 'no reason given'}"
             conditions.set(condition, ConditionStatus.FALSE, FAILED[step], message)
             _waiting(conditions, steps[index + 1:], step)
             _ready(conditions, ConditionStatus.FALSE, FAILED[step],
                    f"Revision {revision} stopped: {message}. The stable revision is untouched; edit the spec to retry")
             return None
+        if step is Step.CALIBRATE:
+            calibrated_by = record.revision
+            if record.revision != revision:
+                conditions.set(condition, ConditionStatus.TRUE, Reason.CALIBRATION_REUSED,
+                               f"KV {fmt}: the calibration of revision {record.revision} (Job {record.job}) is "
+                               "reused: model, formats, calibration settings, runtime image and environment are "
+                               "unchanged")
+                continue
         if step is Step.EVALUATE:
-            return _judge_quality(visit, job, fmt, admission.compute_capability)
-        conditions.set(condition, ConditionStatus.TRUE, SUCCEEDED[step], _success_message(step, job, fmt))
+            assert isinstance(record, EvaluationStatus)
+            return _judge_quality(visit, record, fmt, admission.compute_capability)
+        conditions.set(condition, ConditionStatus.TRUE, SUCCEEDED[step], records.success_message(record, fmt))
     return None
 
 
-def _judge_quality(visit: _Visit, job: JobView, fmt: str, compute_capability: tuple[int, int]) -> _QualityFailed | None:
+def _step_record(visit: _Visit, admission: Admission, step: Step, calibrated_by: str | None) -> StepRecord:
+    """The step's record: the finished one kept in status (or history), a reusable calibration, or what its Job
+    says now; a missing Job is created (again, with an Event, when one seen running was deleted)."""
+    spec, revision, observed = visit.spec, visit.revision, visit.observed
+    fmt, capability = admission.kv_format, admission.compute_capability
+    assert fmt is not None and capability is not None
+    name = job_name(observed.name, revision, fmt, step)
+    inputs = calibration_key(spec, fmt) if step is Step.CALIBRATE else None
+    previous = records.recorded(visit.old, step, name)
+    if previous is not None and previous.outcome is not None:
+        return previous
+    if inputs is not None and (reused := records.reusable_calibration(visit.old, inputs)) is not None:
+        return reused
+    job = observed.jobs.get(name)
+    if job is not None and job.state is not JobState.RUNNING:
+        return records.finished(step, job, revision, fmt, spec, format_compute_capability(capability), inputs)
+    if job is not None:
+        cannot_run = records.image_failure(job)
+        if cannot_run is not None:
+            return records.failed(step, name, revision, cannot_run, previous, inputs)
+        return records.running(step, name, revision, previous, job, inputs)
+    deleted = previous is not None and previous.job_uid is not None
+    if deleted and (previous.recreations or 0) >= records.MAX_JOB_RECREATIONS:
+        return records.failed(step, name, revision, f"it was deleted before it finished, {records.MAX_JOB_RECREATIONS + 1} "
+                              "times; edit the spec to retry", previous, inputs)
+    invocation = step_invocation(step, spec, revision, fmt, capability, calibrated_by)
+    owner = Owner(observed.name, observed.namespace, observed.uid)
+    visit.create.append(step_job(owner, spec, revision, fmt, capability, invocation))
+    if deleted:
+        visit.events.append(Event("Warning", Reason.JOB_RECREATED,
+                                  f"Job {name} ({step.value} of revision {revision}) was deleted before it finished; "
+                                  "created again"))
+    return records.running(step, name, revision, previous, None, inputs, recreated=deleted)
+
+
+def _in_progress(visit: _Visit, admission: Admission, step: Step, record: StepRecord) -> None:
+    job = visit.observed.jobs.get(record.job or "")
+    stuck = f"; its pod waits: {job.waiting}" if job is not None and job.waiting else ""
+    again = f"; re-created {record.recreations} time(s) after it was deleted before finishing" \
+        if record.recreations else ""
+    visit.conditions.set(STEP_CONDITION[step], ConditionStatus.UNKNOWN, IN_PROGRESS[step],
+                         f"Job {record.job} runs {step.value} of revision {visit.revision} (KV {admission.kv_format}) "
+                         f"on {admission.gpu_product}{stuck}{again}")
+    _ready(visit.conditions, ConditionStatus.FALSE, Reason.ROLLOUT_IN_PROGRESS,
+           f"Revision {visit.revision}: {step.value} in progress (Job {record.job})")
+
+
+def _judge_quality(visit: _Visit, record: EvaluationStatus, fmt: str,
+                   compute_capability: tuple[int, int]) -> _QualityFailed | None:
     conditions, revision = visit.conditions, visit.revision
     bound = visit.spec.rollout.analysis.gates.quality_drop.max
-    drop = _decimal(job.summary.get("qualityDrop"))
+    drop = _decimal(record.quality_drop)
+    visit.status.evaluation = record.model_copy(update={"passed": None if drop is None else drop <= bound})
     if drop is None:
-        message = f"Job {job.name} reported no qualityDrop in its summary, so the quality gate cannot be judged"
+        message = f"Job {record.job} reported no qualityDrop in its summary, so the quality gate cannot be judged"
         conditions.set(ConditionType.EVALUATED, ConditionStatus.FALSE, Reason.EVALUATION_FAILED, message)
         _ready(conditions, ConditionStatus.FALSE, Reason.EVALUATION_FAILED, f"Revision {revision} stopped: {message}")
         return None
@@ -255,45 +310,6 @@ def _judge_quality(visit: _Visit, job: JobView, fmt: str, compute_capability: tu
     _ready(conditions, ConditionStatus.FALSE, Reason.ROLLOUT_IN_PROGRESS,
            f"Revision {revision} (KV {fmt}) passed calibration, build and evaluation and is ready to roll out")
     return None
-
-
-def _record(visit: _Visit, step: Step, job: JobView, fmt: str, admission: Admission) -> None:
-    """Copies what a finished Job reported into the status section of its step."""
-    s, spec, when = job.summary, visit.spec, job.finished_at
-    status = visit.status
-    if step is Step.CALIBRATE:
-        status.calibration = CalibrationStatus.model_validate({
-            "job": job.name, "completedAt": when,
-            "dataset": spec.quantization.calibration.dataset, "datasetHash": s.get("datasetHash"),
-            "samples": s.get("samples", spec.quantization.calibration.samples),
-            "modelOptVersion": s.get("modelOptVersion"), "device": s.get("device"),
-            "report": {"kvFormat": s.get("kvFormat", fmt), "worstLayer": s.get("worstLayer"),
-                       "worstLayerKL": _text(s.get("worstLayerKL")),
-                       "fallbackLayers": list(s.get("fallbackLayers") or [])},
-        })
-    elif step is Step.BUILD:
-        status.engine = EngineStatus.model_validate({
-            "job": job.name, "builtAt": when, "artifact": s.get("artifact"),
-            "kvCacheDtype": s.get("kvCacheDtype", fmt),
-            "computeCapability": format_compute_capability(admission.compute_capability),
-        })
-    else:
-        drop = _decimal(s.get("qualityDrop"))
-        bound = spec.rollout.analysis.gates.quality_drop.max
-        status.evaluation = EvaluationStatus.model_validate({
-            "job": job.name, "completedAt": when, "qualityDrop": _text(s.get("qualityDrop")),
-            "score": _text(s.get("score")), "baselineScore": _text(s.get("baselineScore")),
-            "passed": None if drop is None else drop <= bound,
-        })
-
-
-def _success_message(step: Step, job: JobView, fmt: str) -> str:
-    s = job.summary
-    if step is Step.CALIBRATE:
-        layers = s.get("fallbackLayers") or []
-        return (f"KV {fmt} calibrated: worst layer {s.get('worstLayer', '?')} with KL {s.get('worstLayerKL', '?')}; "
-                f"{len(layers)} fallback layer(s)")
-    return f"Engine with KV {s.get('kvCacheDtype', fmt)} built by Job {job.name}"
 
 
 def _waiting(conditions: _Conditions, later: Sequence[Step], current: Step) -> None:
@@ -354,7 +370,7 @@ def _plan(visit: _Visit, admission: Admission) -> None:
                              kv_memory_fraction=Fraction(str(spec.engine.kv_cache_free_gpu_memory_fraction)),
                              sequence_length=spec.engine.max_seq_len, kv_formats=[kv_format(admission.kv_format)])
         row = plan.for_format(admission.kv_format)
-        capacity.update(kvBytesPerToken=int(row.kv_bytes_per_token), maxTokensPerReplica=row.tokens_per_replica,
+        capacity.update(kvBytesPerToken=math.ceil(row.kv_bytes_per_token), maxTokensPerReplica=row.tokens_per_replica,
                         sequencesPerReplica=row.sequences_per_replica,
                         message="; ".join(plan.warnings) or None)
     status.capacity = CapacityStatus.model_validate(capacity)
@@ -389,7 +405,3 @@ def _decimal(value: Any) -> Decimal | None:
         return Decimal(str(value))
     except InvalidOperation:
         return None
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)

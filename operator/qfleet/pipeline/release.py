@@ -9,7 +9,7 @@ revision), and never scaled up while a canary runs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -47,12 +47,14 @@ from qfleet.pipeline.analysis import (
     judge,
     measure_request,
 )
+from qfleet.pipeline.records import StepResults
 from qfleet.revision import artifact_spec
 
 SCALE_DOWN_DELAY = timedelta(seconds=30)
 """How long a superseded stable revision keeps its replicas after a promotion (connections drain, rollback is quick)."""
 ACTION_ANNOTATION = "qfleet.io/rollout-action"
-"""`kubectl annotate qm NAME qfleet.io/rollout-action=promote|abort`; the operator removes it once it has acted."""
+"""`promote:REVISION` or `abort:REVISION` (what `kubectl qfleet promote|abort` writes): acted on only while that
+revision is the running canary; any other value is dropped with a Warning Event. The operator removes it either way."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,9 @@ class ReleaseChanges:
     rollback_cause: str | None = None
     promoted: bool = False
     action_done: bool = False
-    """A person's action was acted upon: remove the annotation."""
+    """A person's action was acted upon or dropped: remove the annotation."""
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    """(type, reason, message) of Events beyond the conditions' transitions."""
 
 
 @dataclass
@@ -102,6 +106,8 @@ class ReleaseInput:
     measured: Measured | None
     action: str | None
     now: datetime
+    results: Callable[[str], StepResults] = lambda _: StepResults()
+    """A revision's recorded step results (qfleet.pipeline.records.results_of), kept in its history entry."""
 
 
 SetCondition = Any
@@ -141,6 +147,7 @@ class _Release:
         else:
             self._canary()
         self._scale_down_the_rest()
+        self._drop_stale_action()
 
     def _first_revision(self) -> None:
         """No stable revision yet: the first one that passes evaluation serves at full size, without a canary."""
@@ -224,7 +231,7 @@ class _Release:
         if state is None:
             state = rollout.start(given.now)
         verdict = self._analysis(state)
-        manual = rollout.Manual(given.action) if given.action in {m.value for m in rollout.Manual} else None
+        manual = self._manual()
         decision = rollout.decide(spec.rollout, state, given.now, verdict, manual)
         if manual is not None:
             self.changes.action_done = True
@@ -234,6 +241,36 @@ class _Release:
             self._rollback(decision, verdict)
         else:
             self._hold_or_advance(decision, verdict, stable_replicas)
+
+    # -- a person's action -------------------------------------------------------------------------------------------
+    def _manual(self) -> rollout.Manual | None:
+        """The action when it names this canary's revision."""
+        verb, _, revision = (self.given.action or "").partition(":")
+        if revision != self.given.revision or verb not in {m.value for m in rollout.Manual}:
+            return None
+        return rollout.Manual(verb)
+
+    def _drop_stale_action(self) -> None:
+        """An action not acted upon is dropped, unless it waits for its own canary (starting, or between analyses)."""
+        action = self.given.action
+        if action is None or self.changes.action_done:
+            return
+        verb, _, revision = action.partition(":")
+        canary = self.revisions.canary
+        if verb in {m.value for m in rollout.Manual} and revision and revision == canary:
+            return
+        if verb not in {m.value for m in rollout.Manual}:
+            why = "it is not an action: write promote:REVISION or abort:REVISION"
+        elif canary is None:
+            why = (f"no canary is running (revision {self.revisions.stable} is stable)" if self.revisions.stable
+                   else "no canary is running")
+        elif not revision:
+            why = f"it names no revision: write {verb}:{canary} (kubectl qfleet {verb} does)"
+        else:
+            why = f"it names revision {revision}, but the canary is revision {canary}"
+        self.changes.action_done = True
+        self.changes.events.append(("Warning", Reason.ROLLOUT_ACTION_IGNORED,
+                                    f"{ACTION_ANNOTATION}={action} dropped, nothing was promoted or aborted: {why}"))
 
     # -- canary outcomes ------------------------------------------------------------------------------------------
     def _hold_or_advance(self, decision: rollout.RolloutDecision, verdict: IntervalVerdict | None,
@@ -456,8 +493,10 @@ class _Release:
         # The spec in hand is the current revision's; an older one's fields come from its own earlier entry.
         artifact = artifact_spec(self.spec) if revision == self.given.revision else (
             earlier.artifact if earlier else None)
+        results = self.given.results(revision)
         entry = HistoryEntry(revision=revision, kv_cache=kv_format, outcome=outcome, at=self.given.now,
                              reason=reason, message=message[:1024], artifact=artifact,
-                             analysis=self._analysis_run(verdict) if verdict is not None else None)
+                             analysis=self._analysis_run(verdict) if verdict is not None else None,
+                             calibration=results.calibration, engine=results.engine, evaluation=results.evaluation)
         self.status.history = [*self.status.history, entry][-MAX_HISTORY:]
 

@@ -1,0 +1,279 @@
+"""Watch-fed views of what visits read: no GET on a visit. Kopf's event handlers feed every change of the operator's
+objects here (`apply`), and each change names the model it concerns, which is then woken; a visit reads a
+`Snapshot` of its own model.
+
+What is kept is only what a decision reads: a Job's conditions and uid, the termination state of its pods, a serving
+Deployment's replica counts, a role Service's selector, the user's HTTPRoute, and each Node as its admission view,
+grouped: nodes that differ only in their name are one group with a count, so a visit costs the same with 10 nodes or
+10,000. Updated on the event loop and read from the worker threads, under one lock.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from qfleet import views as view_of
+from qfleet.manifests.names import LABEL_MODEL
+from qfleet.pipeline import JobView, NodeView
+from qfleet.pipeline.release import DeploymentView
+
+ModelKey = tuple[str, str]
+"""(namespace, name) of a QuantizedModel."""
+DELETED = "DELETED"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One model and its children, as the watches last saw them."""
+
+    key: ModelKey
+    body: dict[str, Any]
+    jobs: dict[str, JobView]
+    deployments: dict[str, DeploymentView]
+    services: dict[str, dict[str, Any]]
+    route: dict[str, Any] | None
+    nodes: list[NodeView]
+
+
+@dataclass
+class _Model:
+    body: dict[str, Any]
+    route: str | None = None
+    waits_for_nodes: bool = False
+    """No node could admit it (Ready False, NoCompatibleNodePool): a node change may."""
+
+
+@dataclass
+class FleetCache:
+    models: dict[ModelKey, _Model] = field(default_factory=dict)
+    jobs: dict[ModelKey, dict[str, dict]] = field(default_factory=dict)
+    pods: dict[tuple[str, str], dict[str, dict]] = field(default_factory=dict)
+    """(namespace, Job name) -> pod uid -> the pod's termination and waiting state."""
+    deployments: dict[ModelKey, dict[str, DeploymentView]] = field(default_factory=dict)
+    services: dict[ModelKey, dict[str, dict]] = field(default_factory=dict)
+    routes: dict[tuple[str, str], dict] = field(default_factory=dict)
+    nodes: dict[str, NodeView] = field(default_factory=dict)
+    node_groups: dict[Hashable, tuple[NodeView, int]] = field(default_factory=dict)
+    """Group key -> (a representative view, how many nodes)."""
+    _versions: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    """(kind, namespace, name) -> the newest resourceVersion seen of a child this operator also writes."""
+    _nodes_changed: set[str] = field(default_factory=set)
+    """Nodes whose view changed since their event handler last asked (`node_changed`)."""
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- feeding ------------------------------------------------------------------------------------------------
+    def apply_model(self, event: str | None, body: Mapping[str, Any]) -> ModelKey:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        with self._lock:
+            if event == DELETED:
+                self.models.pop(key, None)
+            elif _older(meta, self.models.get(key)):
+                pass  # the watch delivers a version this operator already wrote past
+            else:
+                spec = body.get("spec") or {}
+                route = (((spec.get("rollout") or {}).get("trafficRouting") or {}).get("gatewayAPI") or {}) \
+                    .get("httpRoute")
+                waits = any(c.get("type") == "Ready" and c.get("reason") == "NoCompatibleNodePool"
+                            for c in (body.get("status") or {}).get("conditions") or [])
+                self.models[key] = _Model(_model_body(body), route, waits)
+        return key
+
+    def apply_job(self, event: str | None, body: Mapping[str, Any]) -> ModelKey | None:
+        meta = body["metadata"]
+        key = _owner(meta)
+        if key is None:
+            return None
+        with self._lock:
+            jobs = self.jobs.setdefault(key, {})
+            if event == DELETED:
+                jobs.pop(meta["name"], None)
+            else:
+                jobs[meta["name"]] = {"metadata": {"name": meta["name"], "uid": meta.get("uid")},
+                                      "status": copy.deepcopy(body.get("status") or {})}
+        return key
+
+    def apply_pod(self, event: str | None, body: Mapping[str, Any]) -> ModelKey | None:
+        meta = body["metadata"]
+        labels = meta.get("labels") or {}
+        job = labels.get("job-name")
+        if job is None:
+            return None
+        status = body.get("status") or {}
+        with self._lock:
+            pods = self.pods.setdefault((meta["namespace"], job), {})
+            if event == DELETED:
+                pods.pop(meta.get("uid"), None)
+            else:
+                pods[meta.get("uid")] = {"status": {
+                    "conditions": [c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"],
+                    "containerStatuses": [{"state": s.get("state") or {}}
+                                          for s in status.get("containerStatuses") or []]}}
+        return _owner(meta)
+
+    def apply_deployment(self, event: str | None, body: Mapping[str, Any]) -> ModelKey | None:
+        meta = body["metadata"]
+        key = _owner(meta)
+        if key is None:
+            return None
+        with self._lock:
+            views = self.deployments.setdefault(key, {})
+            if event == DELETED:
+                views.pop(meta["name"], None)
+            elif self._newer(("Deployment", meta["namespace"], meta["name"]), meta.get("resourceVersion")):
+                views[meta["name"]] = view_of.deployment_view(body)
+        return key
+
+    def scaled(self, key: ModelKey, name: str, replicas: int, version: str) -> None:
+        """This operator scaled the Deployment: its watch event comes a moment later, and a visit in between must
+        not act on the old size."""
+        with self._lock:
+            view = self.deployments.get(key, {}).get(name)
+            if view is not None and self._newer(("Deployment", key[0], name), version):
+                self.deployments[key][name] = replace(view, replicas=replicas)
+
+    def _newer(self, child: tuple[str, str, str], version: str | None) -> bool:
+        """Records `version` unless an older one than already seen (then False: the event is stale)."""
+        seen = self._versions.get(child)
+        if seen is not None and version is not None and _before(version, seen):
+            return False
+        if version is not None:
+            self._versions[child] = version
+        return True
+
+    def apply_service(self, event: str | None, body: Mapping[str, Any]) -> ModelKey | None:
+        meta = body["metadata"]
+        key = _owner(meta)
+        if key is None:
+            return None
+        with self._lock:
+            services = self.services.setdefault(key, {})
+            if event == DELETED:
+                services.pop(meta["name"], None)
+            else:
+                services[meta["name"]] = {
+                    "metadata": {"name": meta["name"], "resourceVersion": meta.get("resourceVersion")},
+                    "spec": {"selector": dict((body.get("spec") or {}).get("selector") or {})}}
+        return key
+
+    def apply_route(self, event: str | None, body: Mapping[str, Any]) -> list[ModelKey]:
+        """The models whose spec names this HTTPRoute."""
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        with self._lock:
+            if event == DELETED:
+                self.routes.pop((namespace, name), None)
+            elif self._newer(("HTTPRoute", namespace, name), meta.get("resourceVersion")):
+                self.routes[(namespace, name)] = {"metadata": {"name": name, "namespace": namespace,
+                                                               "resourceVersion": meta.get("resourceVersion")},
+                                                  "spec": copy.deepcopy(body.get("spec") or {})}
+            return self._route_models(namespace, name)
+
+    def route_models(self, namespace: str, name: str) -> list[ModelKey]:
+        with self._lock:
+            return self._route_models(namespace, name)
+
+    def _route_models(self, namespace: str, name: str) -> list[ModelKey]:
+        return [key for key, model in self.models.items() if key[0] == namespace and model.route == name]
+
+    def apply_node(self, event: str | None, body: Mapping[str, Any]) -> bool:
+        """True when what admission sees changed (not for a heartbeat)."""
+        name = body["metadata"]["name"]
+        view = None if event == DELETED else view_of.node_view(body)
+        with self._lock:
+            before = self.nodes.get(name)
+            if before == view:
+                return False
+            if before is not None:
+                self._count(before, -1)
+                del self.nodes[name]
+            if view is not None:
+                self.nodes[name] = view
+                self._count(view, +1)
+            self._nodes_changed.add(name)
+        return True
+
+    def node_changed(self, name: str) -> bool:
+        """Whether the node's view changed since the last time this was asked (once per change)."""
+        with self._lock:
+            if name in self._nodes_changed:
+                self._nodes_changed.discard(name)
+                return True
+            return False
+
+    def _count(self, view: NodeView, change: int) -> None:
+        group = _group_key(view)
+        representative, count = self.node_groups.get(group, (view, 0))
+        if count + change <= 0:
+            self.node_groups.pop(group, None)
+        else:
+            self.node_groups[group] = (representative, count + change)
+
+    # -- reading ------------------------------------------------------------------------------------------------
+    def keys(self) -> list[ModelKey]:
+        with self._lock:
+            return list(self.models)
+
+    def waiting_for_nodes(self) -> list[ModelKey]:
+        """Models that no node could admit: a node change may let them in."""
+        with self._lock:
+            return [key for key, model in self.models.items() if model.waits_for_nodes]
+
+    def snapshot_nodes(self) -> list[NodeView]:
+        with self._lock:
+            return self._node_views()
+
+    def _node_views(self) -> list[NodeView]:
+        return [replace(view, count=count) for view, count in self.node_groups.values()]
+
+    def snapshot(self, key: ModelKey) -> Snapshot | None:
+        namespace = key[0]
+        with self._lock:
+            model = self.models.get(key)
+            if model is None:
+                return None
+            jobs = {name: view_of.job_view(job, list(self.pods.get((namespace, name), {}).values()))
+                    for name, job in self.jobs.get(key, {}).items()}
+            route = self.routes.get((namespace, model.route)) if model.route else None
+            return Snapshot(
+                key=key, body=copy.deepcopy(model.body), jobs=jobs, deployments=dict(self.deployments.get(key, {})),
+                services=copy.deepcopy(self.services.get(key, {})),
+                route=copy.deepcopy(route),
+                nodes=self._node_views())
+
+
+def _model_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    kept = ("name", "namespace", "uid", "generation", "resourceVersion", "annotations", "finalizers",
+            "deletionTimestamp")
+    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+            "metadata": {k: copy.deepcopy(meta[k]) for k in kept if k in meta},
+            "spec": copy.deepcopy(body.get("spec") or {}), "status": copy.deepcopy(body.get("status") or {})}
+
+
+def _older(meta: Mapping[str, Any], cached: _Model | None) -> bool:
+    """True when `meta` is an older version than the cached one."""
+    if cached is None:
+        return False
+    return _before(str(meta.get("resourceVersion", "")), str(cached.body["metadata"].get("resourceVersion", "")))
+
+
+def _before(version: str, other: str) -> bool:
+    """Kubernetes' resourceVersions are opaque; the apiserver's etcd storage makes them increasing integers, and
+    anything else is taken as newer."""
+    return version.isdigit() and other.isdigit() and int(version) < int(other)
+
+
+def _owner(meta: Mapping[str, Any]) -> ModelKey | None:
+    model = (meta.get("labels") or {}).get(LABEL_MODEL)
+    return (meta["namespace"], model) if model else None
+
+
+def _group_key(view: NodeView) -> Hashable:
+    """Nodes alike but for their name (and labels that repeat it, such as kubernetes.io/hostname) group together."""
+    labels = tuple(sorted((k, v) for k, v in view.labels.items() if v != view.name))
+    return labels, view.allocatable_gpus, view.schedulable

@@ -1,0 +1,222 @@
+"""The control loop: a fixed number of workers take models from the work queue, one visit at a time per model.
+
+A visit reads its model and children from the watch-fed cache (no GET), decides (qfleet.pipeline.decide, with a
+second pass when Prometheus was asked), writes what changed with preconditions, and returns when the model is next
+due (qfleet.pipeline.wake); that wake-up is scheduled with a little jitter, so a model with nothing due is not
+visited until an event of it or of one of its children wakes it, or the slow resync does. A write that lost a race
+(a precondition failed) is not retried blindly: the model is visited again once the watches have the newer state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import datetime
+import logging
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from qfleet import kube, prom, telemetry
+from qfleet.api.spec import DEFAULT_RUNTIME_IMAGE
+from qfleet.cache import FleetCache, ModelKey, Snapshot
+from qfleet.pipeline import Decision, Event, Observed, decide
+from qfleet.pipeline.analysis import Measured
+from qfleet.pipeline.release import ACTION_ANNOTATION
+from qfleet.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+LEGACY_FINALIZER = "qfleet.io/finalizer"
+"""Added by qfleet 0.1.0 (its timers made Kopf add it); nothing needs it now: children are owned by the model."""
+RETRY_AFTER_LOST_RACE = datetime.timedelta(seconds=1)
+MAX_BACKOFF_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    workers: int = 4
+    """Visits at the same time (threads); the chart's `workers`."""
+    resync_seconds: float = 600.0
+    """Every model is visited at least this often, whatever happens (the level-based safety net)."""
+    runtime_image: str = DEFAULT_RUNTIME_IMAGE
+
+
+PostEvent = Callable[[dict[str, Any], Event], None]
+
+
+class Controller:
+    def __init__(self, api: Any, cache: FleetCache, settings: LoopSettings, post_event: PostEvent) -> None:
+        self.api, self.cache, self.settings, self.post_event = api, cache, settings, post_event
+        self.queue = WorkQueue()
+        self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="qfleet-visit")
+        self.failures: dict[ModelKey, int] = {}
+
+    # -- the loop ---------------------------------------------------------------------------------------------------
+    def wake(self, key: ModelKey) -> None:
+        self.queue.add(key)
+        telemetry.QUEUE_DEPTH.set(len(self.queue))
+
+    def forget(self, key: ModelKey) -> None:
+        self.queue.forget(key)
+        self.failures.pop(key, None)
+
+    async def run(self) -> None:
+        tasks = [asyncio.create_task(self._worker()) for _ in range(self.settings.workers)]
+        tasks.append(asyncio.create_task(self._resync()))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            key, lag = await self.queue.get()
+            telemetry.WAKEUP_LAG.observe(lag)
+            telemetry.QUEUE_DEPTH.set(len(self.queue))
+            due: datetime.datetime | None
+            try:
+                due = await loop.run_in_executor(self.pool, contextvars.copy_context().run, self.visit, key)
+                self.failures.pop(key, None)
+            except Exception:
+                failures = self.failures[key] = self.failures.get(key, 0) + 1
+                delay = min(MAX_BACKOFF_SECONDS, 2.0 ** failures)
+                log.exception("Visit of QuantizedModel %s/%s failed (%d in a row); again in %.0fs", *key, failures,
+                              delay)
+                due = _now() + datetime.timedelta(seconds=delay)
+            finally:
+                self.queue.done(key)
+            if due is not None:
+                self.queue.add(key, self._monotonic(due))
+            telemetry.SCHEDULED_WAKEUPS.set(self.queue.scheduled)
+
+    async def _resync(self) -> None:
+        """Every model once per resync period, spread over the period rather than all at once."""
+        period = self.settings.resync_seconds
+        while True:
+            await asyncio.sleep(period)
+            start = time.monotonic()
+            for key in self.cache.keys():
+                self.queue.add(key, start + random.uniform(0, period / 2))
+            telemetry.SCHEDULED_WAKEUPS.set(self.queue.scheduled)
+
+    @staticmethod
+    def _monotonic(due: datetime.datetime) -> float:
+        """A wall-clock due time on the queue's clock, with jitter: up to 5% of the wait, at most one second, so
+        models due together do not all wake in the same instant."""
+        wait = max(0.0, (due - _now()).total_seconds())
+        return time.monotonic() + wait + random.uniform(0, min(1.0, wait * 0.05))
+
+    # -- one visit --------------------------------------------------------------------------------------------------
+    def visit(self, key: ModelKey) -> datetime.datetime | None:
+        with telemetry.reconcile_timer() as result:
+            snapshot = self.cache.snapshot(key)
+            if snapshot is None:
+                return None
+            due, result["outcome"] = self._visit(snapshot)
+            return due
+
+    def _visit(self, snapshot: Snapshot) -> tuple[datetime.datetime | None, str]:
+        body = snapshot.body
+        meta = body["metadata"]
+        name, namespace = meta["name"], meta["namespace"]
+        finalizers = list(meta.get("finalizers") or [])
+        if LEGACY_FINALIZER in finalizers:
+            with telemetry.api_call("drop_finalizer"):
+                kube.drop_finalizer(self.api, namespace, name, finalizers, LEGACY_FINALIZER)
+        if meta.get("deletionTimestamp"):
+            return None, "unchanged"
+        observed = Observed(
+            name=name, namespace=namespace, uid=meta["uid"], generation=int(meta.get("generation", 0)),
+            spec=body.get("spec") or {}, status=body.get("status") or {}, jobs=snapshot.jobs, nodes=snapshot.nodes,
+            now=_now(), deployments=snapshot.deployments, route=snapshot.route,
+            action=(meta.get("annotations") or {}).get(ACTION_ANNOTATION), runtime_image=self.settings.runtime_image)
+        decision = decide(observed)
+        request = decision.release.measure
+        if request is not None:
+            with telemetry.api_call("prometheus_query"):
+                measured = prom.measure(request.address, request.queries, request.histograms)
+            for query, error in measured.errors.items():
+                telemetry.API_ERRORS.labels("prometheus_query", "none").inc()
+                log.warning("Prometheus query %s of %s/%s failed: %s", query, namespace, name, error)
+            decision = decide(dataclasses.replace(observed, measured=Measured(measured.values, measured.histograms,
+                                                                              measured.errors)))
+        if not self._apply_children(namespace, decision, snapshot):
+            log.info("A child of QuantizedModel %s/%s changed meanwhile; visiting again", namespace, name)
+            return observed.now + RETRY_AFTER_LOST_RACE, "conflict"
+        outcome = "unchanged"
+        if decision.status != observed.status:
+            with telemetry.api_call("replace_status"):
+                written = kube.replace_status(self.api, body, decision.status)
+            if written is not None:
+                self.cache.apply_model(None, written)  # read your own write: the watch brings it a moment later
+            if written is None:
+                log.info("Status of QuantizedModel %s/%s changed meanwhile; the next visit recomputes it",
+                         namespace, name)
+                return observed.now + RETRY_AFTER_LOST_RACE, "conflict"
+            _count(decision)
+            outcome = "updated"
+        if decision.release.action_done and observed.action is not None:
+            with telemetry.api_call("remove_annotation"):
+                kube.remove_annotation(self.api, namespace, name, ACTION_ANNOTATION, observed.action)
+        for event in decision.events:
+            self.post_event(body, event)
+            telemetry.TRANSITIONS.labels(event.reason, event.type).inc()
+        return decision.wake, outcome
+
+    def _apply_children(self, namespace: str, decision: Decision, snapshot: Snapshot) -> bool:
+        """Creates what is missing and sets what differs, each write guarded by what the visit saw; False when one
+        lost its race (nothing after it is written: the next visit starts from the newer state)."""
+        api = self.api
+        for manifest in decision.create:
+            with telemetry.api_call("create_job"):
+                if kube.create_job(api, manifest):
+                    telemetry.CHILDREN_CREATED.labels("Job").inc()
+        changes = decision.release
+        for manifest in changes.deployments:
+            with telemetry.api_call("create_deployment"):
+                if kube.create_deployment(api, manifest):
+                    telemetry.CHILDREN_CREATED.labels("Deployment").inc()
+        for manifest in changes.services:
+            existing = snapshot.services.get(manifest["metadata"]["name"])
+            with telemetry.api_call("ensure_service"):
+                written = kube.ensure_service(api, manifest, existing)
+            if existing is not None and not written and \
+                    (existing.get("spec") or {}).get("selector") != manifest["spec"]["selector"]:
+                return False
+        for deployment, replicas in changes.scale.items():
+            view = snapshot.deployments.get(deployment)
+            if view is None:
+                continue  # just created at its size, or already gone
+            with telemetry.api_call("scale_deployment"):
+                version = kube.scale_deployment(api, namespace, deployment, replicas, seen=view.replicas)
+            if version is None:
+                return False
+            self.cache.scaled(snapshot.key, deployment, replicas, version)  # read your own write
+        if changes.route_rules is not None and snapshot.route is not None:
+            with telemetry.api_call("set_route_rules"):
+                written = kube.set_route_rules(api, snapshot.route, changes.route_rules[1])
+            if written is None:
+                return False
+            self.cache.apply_route(None, written)
+        return True
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _count(decision: Decision) -> None:
+    changes = decision.release
+    for gate, verdict in changes.verdicts:
+        telemetry.GATE_VERDICTS.labels(gate, verdict).inc()
+    if changes.rollback_cause:
+        telemetry.ROLLBACKS.labels(changes.rollback_cause).inc()
+    if changes.promoted:
+        telemetry.PROMOTIONS.inc()

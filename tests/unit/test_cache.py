@@ -1,0 +1,95 @@
+"""The watch-fed cache: which model an event wakes, what a visit reads, and node views whose cost does not grow with
+the number of nodes."""
+from __future__ import annotations
+
+from qfleet.cache import DELETED, FleetCache
+from qfleet.gpus import GPUS, gfd_labels
+from qfleet.kube import TokenBucket
+
+MODEL = {"apiVersion": "qfleet.io/v1alpha1", "kind": "QuantizedModel",
+         "metadata": {"name": "llama", "namespace": "ml", "uid": "u1", "generation": 2, "resourceVersion": "7",
+                      "managedFields": [{"manager": "kubectl"}]},
+         "spec": {"rollout": {"trafficRouting": {"gatewayAPI": {"httpRoute": "llama-route"}}}},
+         "status": {"phase": "Serving"}}
+
+
+def node(name: str, gpu: str = "B200", gpus: int = 8, ready: bool = True) -> dict:
+    labels = {"kubernetes.io/hostname": name, **gfd_labels(GPUS[gpu], gpus)}
+    return {"metadata": {"name": name, "labels": labels},
+            "status": {"allocatable": {"nvidia.com/gpu": str(gpus)},
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def owned(kind_fields: dict, name: str, model: str = "llama") -> dict:
+    return {"metadata": {"name": name, "namespace": "ml", "uid": f"uid-{name}", "resourceVersion": "1",
+                         "labels": {"qfleet.io/model": model, "app.kubernetes.io/managed-by": "qfleet"}},
+            **kind_fields}
+
+
+def test_children_wake_only_their_model_and_a_visit_reads_them_from_the_cache() -> None:
+    cache = FleetCache()
+    assert cache.apply_model(None, MODEL) == ("ml", "llama")
+    job = owned({"status": {"active": 1}}, "llama-abc-fp8-calibrate")
+    assert cache.apply_job(None, job) == ("ml", "llama")
+    pod = owned({"status": {"containerStatuses": [{"state": {"terminated": {"exitCode": 0, "message": "{\"a\": 1}"}}}],
+                            "podIP": "10.0.0.1"}}, "pod-1")
+    pod["metadata"]["labels"]["job-name"] = "llama-abc-fp8-calibrate"
+    assert cache.apply_pod(None, pod) == ("ml", "llama")
+    deployment = owned({"spec": {"replicas": 2}, "status": {"readyReplicas": 1}}, "llama-abc")
+    deployment["metadata"]["labels"]["qfleet.io/revision"] = "abc"
+    assert cache.apply_deployment(None, deployment) == ("ml", "llama")
+    service = owned({"spec": {"selector": {"qfleet.io/revision": "abc"}}}, "llama-stable")
+    assert cache.apply_service(None, service) == ("ml", "llama")
+    route = {"metadata": {"name": "llama-route", "namespace": "ml", "resourceVersion": "9"}, "spec": {"rules": []}}
+    assert cache.apply_route(None, route) == [("ml", "llama")]
+    other = {"metadata": {"name": "other-route", "namespace": "ml", "resourceVersion": "1"}, "spec": {}}
+    assert cache.apply_route(None, other) == []
+
+    snapshot = cache.snapshot(("ml", "llama"))
+    assert "managedFields" not in snapshot.body["metadata"] and snapshot.body["metadata"]["resourceVersion"] == "7"
+    assert set(snapshot.jobs) == {"llama-abc-fp8-calibrate"}
+    assert snapshot.deployments["llama-abc"].ready_replicas == 1
+    assert snapshot.services["llama-stable"]["spec"]["selector"] == {"qfleet.io/revision": "abc"}
+    assert snapshot.route["metadata"]["resourceVersion"] == "9"
+
+    cache.apply_job(DELETED, job)
+    cache.apply_model(DELETED, MODEL)
+    assert cache.snapshot(("ml", "llama")) is None
+
+
+def test_nodes_alike_but_for_their_name_are_one_view_with_a_count() -> None:
+    cache = FleetCache()
+    changed = [cache.apply_node(None, node(f"b200-{i}")) for i in range(1000)]
+    changed += [cache.apply_node(None, node(f"h100-{i}", gpu="H100")) for i in range(3)]
+    assert all(changed)
+    views = cache.snapshot_nodes()
+    assert sorted((v.labels["nvidia.com/gpu.product"], v.count) for v in views) == \
+        [(GPUS["B200"].product, 1000), (GPUS["H100"].product, 3)]
+    assert not cache.apply_node(None, node("b200-7"))  # a heartbeat: nothing admission reads changed
+    assert cache.apply_node(None, node("b200-7", ready=False))
+    assert cache.apply_node(DELETED, node("h100-0"))
+    counts = sorted((v.schedulable, v.count) for v in cache.snapshot_nodes())
+    assert counts == [(False, 1), (True, 2), (True, 999)]
+
+
+def test_only_models_no_node_could_admit_are_woken_by_a_node_change() -> None:
+    cache = FleetCache()
+    waiting = {**MODEL, "metadata": {**MODEL["metadata"], "name": "waiting"},
+               "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "NoCompatibleNodePool"}]}}
+    cache.apply_model(None, MODEL)
+    cache.apply_model(None, waiting)
+    assert cache.waiting_for_nodes() == [("ml", "waiting")]
+
+
+def test_the_token_bucket_allows_a_burst_then_the_rate() -> None:
+    now = [0.0]
+    slept = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    bucket = TokenBucket(qps=10, burst=3, clock=lambda: now[0], sleep=sleep)
+    waits = [bucket.acquire() for _ in range(5)]
+    assert waits[:3] == [0.0, 0.0, 0.0] and abs(waits[3] - 0.1) < 1e-9 and abs(waits[4] - 0.1) < 1e-9
+    assert TokenBucket(qps=0, burst=1).acquire() == 0.0
