@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", help="keep calibrations and evaluations here and reuse them (default: a temporary "
                                        "directory, removed at the end)")
     parser.add_argument("--quick", action="store_true", help="a small stream and two budgets (a smoke run)")
+    parser.add_argument("--budgets", help="comma-separated budgets in MiB (default: "
+                        + ",".join(map(str, BUDGETS_MIB)) + ")")
     parser.add_argument("--summary-only", action="store_true",
                         help="only rewrite runtime-summary.md and runtime.csv from the runtime.json in --out")
     args = parser.parse_args(argv)
@@ -307,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{stream_info['idealHitRate']:.3f}")
 
     budgets = (BUDGETS_MIB[0], BUDGETS_MIB[-1]) if args.quick else BUDGETS_MIB
+    if args.budgets:
+        budgets = tuple(float(b) if "." in b else int(b) for b in args.budgets.split(","))
     amax = {fmt: eng.calibrated_amax(work / fmt / "calibrate-report.json", fmt) for fmt in CALIBRATED}
     runs: list[dict[str, Any]] = []
     t = time.monotonic()
