@@ -32,7 +32,7 @@ def test_children_wake_only_their_model_and_a_visit_reads_them_from_the_cache() 
     job = owned({"status": {"active": 1}}, "llama-abc-fp8-calibrate")
     assert cache.apply_job(None, job) == ("ml", "llama")
     pod = owned({"status": {"containerStatuses": [{"state": {"terminated": {"exitCode": 0, "message": "{\"a\": 1}"}}}],
-                            "podIP": "10.0.0.1"}}, "pod-1")
+                            "podIP": "10.244.0.9"}}, "pod-1")
     pod["metadata"]["labels"]["job-name"] = "llama-abc-fp8-calibrate"
     assert cache.apply_pod(None, pod) == ("ml", "llama")
     deployment = owned({"spec": {"replicas": 2}, "status": {"readyReplicas": 1}}, "llama-abc")
