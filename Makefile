@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 .PHONY: help venv binaries runtime-env test test-operator test-runtime test-unit test-integration lint fleet-up \
-	fleet-down fleet-status demo demo-down bench-runtime clean
+	fleet-down fleet-status demo demo-down bench bench-runtime clean
 
 help:
 	@echo "make test              set up the venv and the local fleet's binaries, run every test tier"
@@ -17,6 +17,7 @@ help:
 	@echo "make fleet-down        stop it"
 	@echo "make demo              the whole story on the local fleet (about 11 min warm), report in demo-report/"
 	@echo "make demo-down         stop everything make demo started"
+	@echo "make bench             the fleet race: qfleet and Argo Rollouts, N models on NODES simulated GPU nodes (N=1000 NODES=1000)"
 	@echo "make bench-runtime     prefix-cache hit rate and TTFT by KV format and budget (CPU), in benchmarks/results/"
 
 $(VENV)/.installed: pyproject.toml
@@ -67,6 +68,11 @@ demo: venv binaries runtime-env
 
 demo-down: venv
 	$(PY) -m localfleet.demo down
+
+# A benchmark, not a test: N, NODES, INTERVAL, LEGS, GROWTH_MODELS, GROWTH_NODES from the environment
+# (docs/performance.md); builds Argo Rollouts' controller on first use, cached by version like the fleet's binaries.
+bench: venv binaries
+	$(PY) -m benchmarks.fleet
 
 # A benchmark, not a test: the runtime's venv measures, the operator's venv (matplotlib) draws (docs/performance.md).
 bench-runtime: venv runtime-env

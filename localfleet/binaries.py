@@ -33,7 +33,12 @@ PROMETHEUS = Component("prometheus", "3.16.0", ("prometheus",))
 TRAEFIK = Component("traefik", "3.6.12", ("traefik",))
 GATEWAY_API = Component("gateway-api", "1.4.0", ("gateway.networking.k8s.io_httproutes.yaml",))
 
+ARGO_ROLLOUTS = Component("argo-rollouts", "1.10.1", ("rollouts-controller", "rollout-crd.yaml",
+                                                       "argo-rollouts-clusterrole.yaml"))
+
 COMPONENTS = (ETCD, KUBERNETES, KWOK, HELM, PROMETHEUS, TRAEFIK, GATEWAY_API)
+BENCH_COMPONENTS = (ARGO_ROLLOUTS,)
+"""Built only by `make bench`: the anchor it races (the fleet and its tests never need it)."""
 
 
 def cache_root() -> Path:
@@ -57,7 +62,7 @@ def path_of(executable: str) -> Path:
     override = _assets_override(executable)
     if override:
         return override
-    for component in COMPONENTS:
+    for component in (*COMPONENTS, *BENCH_COMPONENTS):
         if executable in component.executables:
             candidate = component_dir(component) / executable
             if candidate.is_file():
@@ -68,15 +73,15 @@ def path_of(executable: str) -> Path:
     raise KeyError(f"unknown fleet executable {executable!r}")
 
 
-def missing() -> list[Component]:
+def missing(components: tuple[Component, ...] = COMPONENTS) -> list[Component]:
     def present(c: Component) -> bool:
         return all(_assets_override(e) or (component_dir(c) / e).is_file() for e in c.executables)
-    return [c for c in COMPONENTS if not present(c)]
+    return [c for c in components if not present(c)]
 
 
-def build_missing(log=print) -> None:
+def build_missing(log=print, components: tuple[Component, ...] = COMPONENTS) -> None:
     """Builds every component that is missing, one at a time (the machine has 2 cores)."""
-    todo = missing()
+    todo = missing(components)
     if not todo:
         log(f"localfleet: all binaries cached in {cache_root()}")
         return

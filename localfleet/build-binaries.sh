@@ -2,7 +2,8 @@
 # Builds one local-fleet binary set from the Go module proxy into a version-keyed directory.
 #   build-binaries.sh COMPONENT VERSION OUTDIR
 # COMPONENT: kubernetes (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl) | etcd | kwok | helm |
-#            prometheus | traefik | gateway-api (the standard CRDs, from the module's config/crd/standard)
+#            prometheus | traefik | gateway-api (the standard CRDs, from the module's config/crd/standard) |
+#            argo-rollouts (rollouts-controller and its CRDs: the `make bench` anchor, built only by `make bench`)
 # The caller (localfleet/binaries.py) decides what is missing and runs builds one at a time (2 cores).
 # Output lands in OUTDIR.tmp and is renamed to OUTDIR only when complete, so a cut-off build is never taken for done.
 set -euo pipefail
@@ -102,6 +103,23 @@ build_gateway-api() {
   local dir
   dir=$(go mod download -json "sigs.k8s.io/gateway-api@v$version" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
   cp "$dir"/config/crd/standard/*.yaml "$tmp_out/"
+  chmod u+w "$tmp_out"/*.yaml
+}
+
+build_argo-rollouts() {
+  # The controller's module pins k8s.io/* with `replace` directives that `go install` ignores: a wrapper module
+  # requires it and repeats its replace block verbatim (v1.10.2 needs a newer Go than the machine's).
+  local gomod dir
+  go mod init qfleet.local/argorolloutsbin >/dev/null 2>&1
+  gomod=$(go mod download -json "github.com/argoproj/argo-rollouts@v$version" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  dir=$(go mod download -json "github.com/argoproj/argo-rollouts@v$version" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  go mod edit -go="$(sed -n 's/^go //p' "$gomod")" -require="github.com/argoproj/argo-rollouts@v$version"
+  sed -n '/^replace (/,/^)/p' "$gomod" >>go.mod
+  printf '//go:build tools\npackage tools\n\nimport _ "github.com/argoproj/argo-rollouts/cmd/rollouts-controller"\n' >tools.go
+  go mod tidy
+  go build -trimpath -ldflags "-s -w -X github.com/argoproj/argo-rollouts/utils/version.version=v$version" \
+    -o "$tmp_out/rollouts-controller" github.com/argoproj/argo-rollouts/cmd/rollouts-controller
+  cp "$dir"/manifests/crds/*-crd.yaml "$dir"/manifests/role/argo-rollouts-clusterrole.yaml "$tmp_out/"
   chmod u+w "$tmp_out"/*.yaml
 }
 

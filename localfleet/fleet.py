@@ -37,11 +37,16 @@ class FleetState:
 
 class Fleet:
     def __init__(self, run_dir: Path, fleet_file: Path = nodes.DEFAULT_FLEET_FILE, scrape_interval: str = "2s",
-                 name: str = "qfleet-local"):
+                 name: str = "qfleet-local", audit_policy: Path | None = None,
+                 extra_scrape_configs: list[dict] | None = None):
+        """`audit_policy`: the apiserver writes an audit log (JSON lines, `audit_log`) under that policy, which is how
+        a benchmark attributes requests to a controller. `extra_scrape_configs`: more Prometheus scrape jobs."""
         self.run_dir = Path(run_dir).resolve()
         self.fleet_file = fleet_file
         self.scrape_interval = scrape_interval
         self.name = name
+        self.audit_policy = audit_policy
+        self.extra_scrape_configs = list(extra_scrape_configs or [])
 
     # ---- paths and addresses -------------------------------------------------------------------------------------
     @property
@@ -59,6 +64,10 @@ class Fleet:
     @property
     def log_dir(self) -> Path:
         return self.run_dir / "logs"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.run_dir / "audit.log"
 
     def state(self) -> FleetState | None:
         if not self.state_file.exists():
@@ -148,7 +157,7 @@ class Fleet:
             "--authorization-mode=Node,RBAC", "--allow-privileged=true",
             f"--service-cluster-ip-range={SERVICE_RANGE}",
             # the `kubernetes` Service would get 127.0.0.1 as its endpoint, which the API rejects (loopback)
-            "--endpoint-reconciler-type=none", "--profiling=false"])
+            "--endpoint-reconciler-type=none", "--profiling=false", *self._audit_args()])
         tls = ssl.create_default_context(cafile=ca)
         tls.load_cert_chain(crt, key)
         processes.wait_until("kube-apiserver", lambda: processes.http_ok(f"{self.apiserver_url(state)}/readyz", tls),
@@ -183,8 +192,9 @@ class Fleet:
             str(binaries.path_of("kwok")), f"--kubeconfig={kubeconfig}", f"--config={KWOK_CONFIG}",
             f"--server-address=127.0.0.1:{p['kwok']}"])
         names = [m["metadata"]["name"] for m in manifests]
-        processes.wait_until("simulated nodes Ready", lambda: kube.nodes_ready(api, names), 60, process=kwok,
-                             log=self._log("kwok"))
+        # KWOK readies nodes a few at a time: a benchmark's thousand nodes need longer than the default pools' 60 s
+        processes.wait_until("simulated nodes Ready", lambda: kube.nodes_ready(api, names), max(60, len(names) / 5),
+                             process=kwok, log=self._log("kwok"))
 
         executor = self._start_executor(state)
         executor_nodes = [m["metadata"]["name"] for m in nodes.load_executor(self.fleet_file).node_manifests()]
@@ -201,11 +211,20 @@ class Fleet:
         processes.wait_until("the gateway to be programmed", lambda: gateway.gateway_programmed(api), 60,
                              process=traefik, log=self._log("traefik"))
 
+    def _audit_args(self) -> list[str]:
+        if self.audit_policy is None:
+            return []
+        return [f"--audit-policy-file={self.audit_policy}", f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json", "--audit-log-maxsize=0",
+                # blocking: an event is in the file before its response is sent, so a reader never misses the last
+                "--audit-log-mode=blocking"]
+
     def _start_prometheus(self, state: FleetState) -> None:
         run, p = self.run_dir, state.ports
         config = run / "prometheus.yml"
         prom_config.write_config(config, apiserver_url=self.apiserver_url(state), pki_dir=self.pki_dir,
-                                 self_address=f"127.0.0.1:{p['prometheus']}", scrape_interval=self.scrape_interval)
+                                 self_address=f"127.0.0.1:{p['prometheus']}", scrape_interval=self.scrape_interval,
+                                 extra_scrape_configs=self.extra_scrape_configs)
         prometheus = self._start(state, "prometheus", [
             str(binaries.path_of("prometheus")), f"--config.file={config}",
             f"--storage.tsdb.path={run / 'prometheus-data'}", f"--web.listen-address=127.0.0.1:{p['prometheus']}",

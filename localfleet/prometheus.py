@@ -10,7 +10,8 @@ PORT_ANNOTATION = "prometheus.io/port"
 METRICS_PORT_NAME = "metrics"
 
 
-def config(apiserver_url: str, pki_dir: Path, self_address: str, scrape_interval: str = "2s") -> dict:
+def config(apiserver_url: str, pki_dir: Path, self_address: str, scrape_interval: str = "2s",
+           extra_scrape_configs: list[dict] | None = None) -> dict:
     """A pod is scraped when it has the annotation prometheus.io/scrape=true (port from prometheus.io/port) or a
     container port named `metrics`. Pod labels become target labels with dots and slashes as underscores
     (`qfleet.io/revision` -> `qfleet_io_revision`), plus `namespace`, `pod` and `node`."""
@@ -38,6 +39,7 @@ def config(apiserver_url: str, pki_dir: Path, self_address: str, scrape_interval
         "scrape_configs": [
             {"job_name": "prometheus", "static_configs": [{"targets": [self_address]}]},
             pods_job,
+            *(extra_scrape_configs or []),
         ],
     }
 

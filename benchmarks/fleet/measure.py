@@ -1,0 +1,94 @@
+"""One phase's figures for the controller under test, all read from outside it: wall time, API requests from the
+audit log, CPU seconds and peak RSS from /proc, and (qfleet only) visits from its own /metrics."""
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.fleet import audit, procstat
+
+
+@dataclass
+class Phase:
+    name: str
+    wall_s: float
+    requests: Counter
+    cpu_s: float
+    peak_rss_mib: float
+    operator: dict = field(default_factory=dict)
+    """qfleet's own figures over the phase: visits, visits per second, visit duration p50/p99, wake-up lag p99."""
+
+    def row(self) -> dict:
+        return {"wall_s": round(self.wall_s, 1), **audit.totals(self.requests), "cpu_s": round(self.cpu_s, 1),
+                "cpu_share": round(self.cpu_s / self.wall_s, 3) if self.wall_s else 0.0,
+                "peak_rss_mib": round(self.peak_rss_mib, 1), **self.operator}
+
+    def by_verb(self) -> dict[str, int]:
+        return {f"{verb} {resource}": n for (verb, resource), n in sorted(self.requests.items())}
+
+
+class PhaseClock:
+    """Marks the start of a phase; `end` reads everything over [start, end)."""
+
+    def __init__(self, name: str, pid: int, audit_log: Path, user: str, metrics_url: str | None = None):
+        self.name, self.pid, self.audit_log, self.user, self.metrics_url = name, pid, audit_log, user, metrics_url
+        self.started_wall, self.started = time.time(), time.monotonic()
+        self.cpu_before = procstat.cpu_seconds(pid)
+        self.metrics_before = scrape(metrics_url) if metrics_url else None
+
+    def end(self) -> Phase:
+        wall = time.monotonic() - self.started
+        ended_wall = time.time()
+        cpu = procstat.cpu_seconds(self.pid) - self.cpu_before
+        rss = procstat.peak_rss_mib(self.pid)
+        operator = {}
+        if self.metrics_url:
+            operator = operator_figures(self.metrics_before, scrape(self.metrics_url), wall)
+        return Phase(self.name, wall, audit.read(self.audit_log, self.user, self.started_wall, ended_wall), cpu, rss,
+                     operator)
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (loopback)
+        text = response.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def _sum(samples: dict, name: str, **labels) -> float:
+    return sum(v for (n, found), v in samples.items() if n == name and all((k, w) in found for k, w in labels.items()))
+
+
+def _buckets(samples: dict, name: str) -> list[tuple[float, float]]:
+    found = {}
+    for (n, labels), value in samples.items():
+        if n == f"{name}_bucket":
+            le = dict(labels)["le"]
+            found[float(le)] = found.get(float(le), 0.0) + value
+    return sorted(found.items())
+
+
+def quantile(before: dict, after: dict, name: str, q: float) -> float | None:
+    """The upper bound of the bucket holding the q-quantile of the observations between two scrapes."""
+    earlier = dict(_buckets(before, name))
+    deltas = [(le, count - earlier.get(le, 0.0)) for le, count in _buckets(after, name)]
+    total = deltas[-1][1] if deltas else 0.0
+    if total <= 0:
+        return None
+    return next(le for le, cumulative in deltas if cumulative >= q * total)
+
+
+def operator_figures(before: dict, after: dict, wall_s: float) -> dict:
+    visits = _sum(after, "qfleet_operator_reconciles_total") - _sum(before, "qfleet_operator_reconciles_total")
+    unchanged = (_sum(after, "qfleet_operator_reconciles_total", outcome="unchanged")
+                 - _sum(before, "qfleet_operator_reconciles_total", outcome="unchanged"))
+    return {"visits": int(visits), "visits_per_s": round(visits / wall_s, 2) if wall_s else 0.0,
+            "visits_unchanged": int(unchanged),
+            "visit_p50_s": quantile(before, after, "qfleet_operator_reconcile_duration_seconds", 0.5),
+            "visit_p99_s": quantile(before, after, "qfleet_operator_reconcile_duration_seconds", 0.99),
+            "wakeup_lag_p99_s": quantile(before, after, "qfleet_operator_wakeup_lag_seconds", 0.99)}
