@@ -190,11 +190,12 @@ class Fleet:
         kube.create_nodes(api, manifests)
         kwok = self._start(state, "kwok", [
             str(binaries.path_of("kwok")), f"--kubeconfig={kubeconfig}", f"--config={KWOK_CONFIG}",
-            f"--server-address=127.0.0.1:{p['kwok']}"])
+            f"--server-address=127.0.0.1:{p['kwok']}",
+            "--v=WARN"])  # INFO logs every node lease renewal: a core's worth of logging at a thousand nodes
         names = [m["metadata"]["name"] for m in manifests]
         # KWOK readies nodes a few at a time: a benchmark's thousand nodes need longer than the default pools' 60 s
-        processes.wait_until("simulated nodes Ready", lambda: kube.nodes_ready(api, names), max(60, len(names) / 5),
-                             process=kwok, log=self._log("kwok"))
+        processes.wait_until("simulated nodes Ready", lambda: kube.nodes_ready(api, names), max(60, len(names) / 2),
+                             interval=max(0.2, len(names) / 500), process=kwok, log=self._log("kwok"))
 
         executor = self._start_executor(state)
         executor_nodes = [m["metadata"]["name"] for m in nodes.load_executor(self.fleet_file).node_manifests()]

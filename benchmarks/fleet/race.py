@@ -107,32 +107,40 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict]] = {}
     verbs: dict[str, dict[str, dict]] = {}
     extras: dict[str, dict] = {}
+    growth: dict[str, list[dict]] = {"qfleet growth with N (NODES fixed)": [],
+                                     "qfleet growth with NODES (N fixed)": []}
+    stem = args.out / f"{datetime.now(timezone.utc):%Y-%m-%d}-N{args.models}"
+
+    def write() -> str:
+        """Everything measured so far: a leg that fails later leaves the earlier ones on disk."""
+        for leg, extra in extras.items():
+            header[f"{leg} settings"] = ", ".join(f"{k}={v}" for k, v in extra.get("settings", {}).items())
+        for rows in growth.values():
+            rows.sort(key=lambda r: (r["models"], r["nodes"]))
+        text = report.document(header, results, verbs, {k: v for k, v in growth.items() if len(v) > 1})
+        args.out.mkdir(parents=True, exist_ok=True)
+        stem.with_suffix(".md").write_text(text + "\n")
+        stem.with_suffix(".json").write_text(json.dumps({"header": header, "legs": results, "verbs": verbs,
+                                                          "growth": growth, "extras": extras}, indent=2) + "\n")
+        return text
+
     for leg in chosen:
         rows, by_verb, extra = run_leg(leg, args.models, args.nodes, **settings)
         results[leg], extras[leg] = rows, extra
         for phase, counts in by_verb.items():
             verbs.setdefault(phase, {})[leg] = counts
-    for leg, extra in extras.items():
-        header[f"{leg} settings"] = ", ".join(f"{k}={v}" for k, v in extra.get("settings", {}).items())
-    growth = {"qfleet growth with N (NODES fixed)": [], "qfleet growth with NODES (N fixed)": []}
-    if "qfleet" in results:
-        growth["qfleet growth with N (NODES fixed)"].append(report.growth_row(args.models, args.nodes, results["qfleet"]))
-        growth["qfleet growth with NODES (N fixed)"].append(report.growth_row(args.models, args.nodes,
-                                                                               results["qfleet"]))
+        if leg == "qfleet":
+            for rows_of in growth.values():
+                rows_of.append(report.growth_row(args.models, args.nodes, rows))
+        write()
     for models in [int(n) for n in args.growth_models.split(",") if n]:
         rows, _, _ = run_leg("qfleet", models, args.nodes, **settings)
         growth["qfleet growth with N (NODES fixed)"].append(report.growth_row(models, args.nodes, rows))
+        write()
     for nodes in [int(n) for n in args.growth_nodes.split(",") if n]:
         rows, _, _ = run_leg("qfleet", args.models, nodes, **settings)
         growth["qfleet growth with NODES (N fixed)"].append(report.growth_row(args.models, nodes, rows))
-    for rows in growth.values():
-        rows.sort(key=lambda r: (r["models"], r["nodes"]))
-    text = report.document(header, results, verbs, {k: v for k, v in growth.items() if len(v) > 1})
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{datetime.now(timezone.utc):%Y-%m-%d}-N{args.models}"
-    stem.with_suffix(".md").write_text(text + "\n")
-    stem.with_suffix(".json").write_text(json.dumps({"header": header, "legs": results, "verbs": verbs,
-                                                      "growth": growth, "extras": extras}, indent=2) + "\n")
+        write()
+    print(write())
     print(f"\nwritten: {stem}.md, {stem}.json", file=sys.stderr)
     return 0

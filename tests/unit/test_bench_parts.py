@@ -1,0 +1,94 @@
+"""The pure parts of `make bench`: attribution of audit events, the synthetic serving series that both controllers'
+gates read, the Argo Rollouts template's bounds against qfleet's defaults, and the ratio table."""
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+
+from benchmarks.fleet import audit, report, synthetic, workload
+from qfleet.api import metrics as m
+from qfleet.api.rollout_spec import Analysis
+from qfleet.gates import effective_gates
+
+USER = "system:serviceaccount:qfleet-system:qfleet"
+
+
+def event(verb: str, stage: str, resource: str = "jobs", user: str = USER, subresource: str | None = None,
+          at: str = "2026-11-30T12:00:00.000000Z") -> str:
+    ref = {"resource": resource, **({"subresource": subresource} if subresource else {})}
+    return json.dumps({"user": {"username": user}, "verb": verb, "stage": stage, "objectRef": ref,
+                       "requestReceivedTimestamp": at})
+
+
+NOON = 1796040000.0  # 2026-11-30T12:00:00Z
+
+
+@pytest.mark.parametrize("lines, expected", [
+    ([event("create", "ResponseComplete")], {("create", "jobs"): 1}),
+    # a watch is counted once, when it starts; its end is not a second request
+    ([event("watch", "ResponseStarted"), event("watch", "ResponseComplete")], {("watch", "jobs"): 1}),
+    ([event("update", "ResponseComplete", "quantizedmodels", subresource="status")],
+     {("update", "quantizedmodels/status"): 1}),
+    ([event("get", "ResponseComplete", user="system:kube-controller-manager")], {}),
+    ([event("list", "Panic")], {}),
+    ([event("get", "ResponseComplete", at="2026-11-30T12:01:00Z")], {}),  # after the window
+])
+def test_audit_events_are_attributed_to_the_controllers_user_within_the_window(lines, expected):
+    assert dict(audit.requests(lines, USER, NOON - 1, NOON + 30)) == expected
+
+
+def test_audit_totals_split_reads_and_writes():
+    counts = audit.requests([event("get", "ResponseComplete"), event("watch", "ResponseStarted"),
+                             event("patch", "ResponseComplete")], USER, NOON - 1, NOON + 1)
+    assert audit.totals(counts) == {"requests": 3, "reads": 2, "writes": 1, "gets": 1}
+
+
+def test_the_audit_policy_records_only_the_controllers_without_bodies():
+    policy = audit.policy([USER])
+    assert policy["rules"] == [{"level": "Metadata", "users": [USER]}, {"level": "None"}]
+    assert policy["omitStages"] == ["RequestReceived"]
+
+
+def samples(lines: list[str]) -> dict[str, float]:
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines}
+
+
+def test_synthetic_series_grow_at_the_profile_rates_with_the_labels_the_gates_select():
+    ten = samples(synthetic.series("ns", "llama", "abc", 10.0))
+    requests = next(v for k, v in ten.items() if k.startswith(m.REQUESTS))
+    assert requests == synthetic.REQUESTS_PER_SECOND * 10
+    selector = f'namespace="ns",{m.POD_LABELS["model"]}="llama",{m.POD_LABELS["revision"]}="abc"'
+    assert all(selector in key for key in ten)
+    fallback = next(v for k, v in ten.items() if k.startswith(m.KV_FALLBACK_TOKENS))
+    tokens = next(v for k, v in ten.items() if k.startswith(m.KV_TOKENS + "{"))
+    assert fallback / tokens == pytest.approx(synthetic.FALLBACK_SHARE)
+    buckets = [v for k, v in ten.items() if k.startswith(m.REQUEST_DURATION + "_bucket")]
+    assert buckets == sorted(buckets) and buckets[-1] == requests  # cumulative, +Inf is the count
+
+
+def test_the_argo_rollouts_template_holds_qfleets_default_bounds():
+    defaults = {g.name: g.max for g in effective_gates(Analysis())}
+    template = workload.analysis_template(workload.Workload(models=1, namespaces=1), "http://prom:9090")
+    bounds = {metric["name"]: Decimal(metric["successCondition"].split("<=")[1])
+              for metric in template["spec"]["metrics"]}
+    assert bounds == {"p99-latency-ratio": defaults["p99LatencyRatio"], "fallback-rate": defaults["fallbackRate"],
+                      "quality-drop": defaults["qualityDrop"]}
+
+
+def test_both_workloads_have_the_same_steps_replicas_and_gpus():
+    work = workload.Workload(models=3, namespaces=2)
+    qm = workload.quantized_model("m0000", work, "http://prom:9090")
+    ro = workload.rollout("m0000", "bench-00", work)
+    assert [s["weight"] for s in qm["spec"]["rollout"]["steps"]] == ["10", "50", "100"]
+    assert [s["setWeight"] for s in ro["spec"]["strategy"]["canary"]["steps"] if "setWeight" in s] == [10, 50]
+    assert qm["spec"]["serving"]["replicas"] == ro["spec"]["replicas"] == 1
+    assert qm["spec"]["nodePool"]["gpusPerReplica"] == 1
+    assert ro["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert work.placement() == [("bench-00", "m0000"), ("bench-01", "m0001"), ("bench-00", "m0002")]
+
+
+@pytest.mark.parametrize("ours, theirs, expected", [(10, 20, "0.50x"), (0, 0, "-"), (3, 0, "inf"), (None, 1, "-")])
+def test_ratio(ours, theirs, expected):
+    assert report.ratio(ours, theirs) == expected
