@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.fleet import audit, legs, report
+from benchmarks.fleet import audit, floor, legs, report
 from benchmarks.fleet import workload as wl
 from benchmarks.fleet.synthetic import SyntheticServing
 from localfleet import binaries, kube
@@ -25,7 +25,7 @@ from localfleet.operator_process import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
-LEGS = {"qfleet": legs.run_qfleet, "argo": legs.run_argo}
+LEGS = {"qfleet": legs.run_qfleet, "argo": legs.run_argo, "floor": floor.run_floor}
 
 
 def fleet_file(path: Path, nodes: int) -> Path:
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=int, default=int(os.environ.get("INTERVAL", 10)),
                         help="analysis interval in seconds (env INTERVAL), default 10")
     parser.add_argument("--namespaces", type=int, default=10)
-    parser.add_argument("--legs", default=os.environ.get("LEGS", "qfleet,argo"), help="qfleet,argo (env LEGS)")
+    parser.add_argument("--legs", default=os.environ.get("LEGS", "qfleet,argo"), help="qfleet,argo[,floor] (env LEGS); floor: the fleet's own time for phase 1's Jobs and Deployments")
     parser.add_argument("--growth-models", default=os.environ.get("GROWTH_MODELS", ""),
                         help="also run the qfleet leg at these N (same NODES), e.g. 100,300 (env GROWTH_MODELS)")
     parser.add_argument("--growth-nodes", default=os.environ.get("GROWTH_NODES", ""),
@@ -115,9 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         """Everything measured so far: a leg that fails later leaves the earlier ones on disk."""
         for leg, extra in extras.items():
             header[f"{leg} settings"] = ", ".join(f"{k}={v}" for k, v in extra.get("settings", {}).items())
+        if "floor" in results:
+            header["fleet floor, phase 1 (s)"] = results["floor"][0]["wall_s"]
         for rows in growth.values():
             rows.sort(key=lambda r: (r["models"], r["nodes"]))
-        text = report.document(header, results, verbs, {k: v for k, v in growth.items() if len(v) > 1})
+        text = report.document(header, {k: v for k, v in results.items() if k != "floor"}, verbs, {k: v for k, v in growth.items() if len(v) > 1})
         args.out.mkdir(parents=True, exist_ok=True)
         stem.with_suffix(".md").write_text(text + "\n")
         stem.with_suffix(".json").write_text(json.dumps({"header": header, "legs": results, "verbs": verbs,

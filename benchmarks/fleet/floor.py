@@ -1,0 +1,88 @@
+"""The fleet's own floor for phase 1: the Jobs and Deployments qfleet creates for N models (calibrate, build,
+evaluate, each after the previous one succeeded, then one serving Deployment), created directly by this script as
+soon as each can be, with no controller of ours in between. The time the fleet's controllers (Job, ReplicaSet,
+scheduler, KWOK) take for that is the floor qfleet's phase 1 is compared with."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from kubernetes import client as k8s
+from kubernetes import watch
+
+from benchmarks.fleet import awaiting, workload as wl
+from benchmarks.fleet.measure import Phase
+from localfleet import kube
+from localfleet.fleet import Fleet
+
+STEPS = ("calibrate", "build", "evaluate")
+
+
+def job(model: str, step: str) -> dict:
+    """A step Job shaped like qfleet's: the labels KWOK's step stage keys on, 1 GPU, the artifacts claim."""
+    labels = {"qfleet.io/model": model, "qfleet.io/step": step, "qfleet.io/kv-format": "fp8",
+              "qfleet.io/revision": "floor", "bench.qfleet.io/floor": "true"}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": f"{model}-{step}", "labels": labels},
+            "spec": {"backoffLimit": 1, "template": {"metadata": {"labels": labels}, "spec": {
+                "restartPolicy": "Never", "nodeSelector": {"nvidia.com/gpu.family": "blackwell"},
+                "containers": [{"name": step, "image": "ghcr.io/qfleet/qfleet-runtime:0.1.0",
+                                "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                                "volumeMounts": [{"name": "artifacts", "mountPath": "/artifacts"}]}],
+                "volumes": [{"name": "artifacts", "persistentVolumeClaim": {"claimName": "qfleet-artifacts"}}]}}}}
+
+
+def deployment(model: str) -> dict:
+    labels = {"bench.qfleet.io/floor-server": model}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": f"{model}-floor"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels},
+                     "spec": {"nodeSelector": {"nvidia.com/gpu.family": "blackwell"},
+                              "containers": [{"name": "server", "image": wl.SERVING_IMAGES[0],
+                                              "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}}}
+
+
+def run_floor(fleet: Fleet, work: wl.Workload, prometheus: str, work_dir: Path, timeout: float, log=print) \
+        -> tuple[list[Phase], dict]:
+    from benchmarks.fleet.legs import _namespace  # noqa: PLC0415 (one helper, shared)
+
+    api = kube.client(fleet.kubeconfig)
+    core, batch, apps = k8s.CoreV1Api(api), k8s.BatchV1Api(api), k8s.AppsV1Api(api)
+    for namespace in work.namespace_names():
+        _namespace(core, namespace)
+        kube.bind_artifacts_claim(api, namespace, "qfleet-artifacts", f"floor-{namespace}", work_dir / "artifacts")
+    placement = work.placement()
+    started = time.monotonic()
+    for namespace, model in placement:
+        batch.create_namespaced_job(namespace, job(model, STEPS[0]))
+    remaining = {(ns, model): 0 for ns, model in placement}  # index of the step running
+    listing = batch.list_job_for_all_namespaces(label_selector="bench.qfleet.io/floor=true")
+    resource_version = listing.metadata.resource_version
+    deadline = started + timeout
+    while remaining and time.monotonic() < deadline:
+        for event in watch.Watch().stream(batch.list_job_for_all_namespaces, label_selector="bench.qfleet.io/floor=true",
+                                          resource_version=resource_version, timeout_seconds=30):
+            found = event["object"]
+            resource_version = found.metadata.resource_version
+            key = (found.metadata.namespace, found.metadata.labels["qfleet.io/model"])
+            if key not in remaining or not (found.status and found.status.succeeded):
+                continue
+            if STEPS[remaining[key]] != found.metadata.labels["qfleet.io/step"]:
+                continue
+            remaining[key] += 1
+            if remaining[key] < len(STEPS):
+                batch.create_namespaced_job(key[0], job(key[1], STEPS[remaining[key]]))
+            else:
+                apps.create_namespaced_deployment(key[0], deployment(key[1]))
+                del remaining[key]
+            if not remaining:
+                break
+    if remaining:
+        raise awaiting.NotReached(f"floor: {len(remaining)} models' Jobs unfinished after {timeout:.0f} s")
+    awaiting.all_reach(api, "apps", "v1", "deployments", {(ns, f"{m}-floor") for ns, m in placement},
+                       lambda d: (d.get("status") or {}).get("readyReplicas") == 1, timeout,
+                       "floor Deployments ready", log)
+    wall = time.monotonic() - started
+    log(f"  floor: {wall:.0f} s")
+    from collections import Counter
+
+    return [Phase("1 apply -> serving (floor)", wall, Counter(), 0.0, 0.0)], {"settings": {
+        "what": "3 Jobs then 1 Deployment per model, created by the script as soon as each can be"}}
