@@ -24,6 +24,9 @@ TOP1_MEAN = 0.995
 LATENCY_BUCKETS = ((0.1, 0.2), (0.25, 0.7), (0.5, 0.985), (0.52, 0.999), (1.0, 1.0), (2.5, 1.0))
 LATENCY_MEAN = 0.22
 TOP1_BUCKETS = ((0.5, 0.0), (0.9, 0.0), (0.99, 0.0), (1.0, 1.0))
+KV_ENTRIES_PER_TOKEN = 2 * 30 * 3  # K and V, 30 layers, 3 KV heads (SmolLM2-135M)
+SCORED_POSITIONS_PER_REQUEST = 64
+LOST_SHARE, GAINED_SHARE = 0.003, 0.001  # a quality drop of 0.002 against BF16 KV, on every revision
 SCRAPE_JOB = "synthetic-serving"
 
 
@@ -37,6 +40,13 @@ def series(namespace: str, model: str, revision: str, age_s: float) -> list[str]
     lines = [f'{m.REQUESTS}{{{labels},outcome="success"}} {requests:.3f}',
              f'{m.KV_TOKENS}{{{labels}}} {kv_tokens:.3f}',
              f'{m.KV_FALLBACK_TOKENS}{{{labels}}} {kv_tokens * FALLBACK_SHARE:.3f}']
+    counters = {"KV_ENTRIES": kv_tokens * KV_ENTRIES_PER_TOKEN,
+                "KV_FALLBACK_ENTRIES": kv_tokens * KV_ENTRIES_PER_TOKEN * FALLBACK_SHARE,
+                "QUALITY_SCORED_TOKENS": scored * SCORED_POSITIONS_PER_REQUEST,
+                "QUALITY_LOST_TOKENS": scored * SCORED_POSITIONS_PER_REQUEST * LOST_SHARE,
+                "QUALITY_GAINED_TOKENS": scored * SCORED_POSITIONS_PER_REQUEST * GAINED_SHARE}
+    # the per-entry fallback and the scored-token quality counters, where this metrics contract has them
+    lines += [f'{getattr(m, name)}{{{labels}}} {value:.3f}' for name, value in counters.items() if hasattr(m, name)]
     for name, buckets, count, mean in ((m.REQUEST_DURATION, LATENCY_BUCKETS, requests, LATENCY_MEAN),
                                        (m.QUALITY_TOP1, TOP1_BUCKETS, scored, TOP1_MEAN)):
         lines += [f'{name}_bucket{{{labels},le="{le}"}} {count * share:.3f}' for le, share in buckets]
