@@ -91,7 +91,7 @@ def llama_auto() -> dict:
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "QuantizedModel", "metadata": {"name": AUTO_MODEL},
         "spec": {
             "model": {"uri": "hf://meta-llama/Llama-3.3-70B-Instruct"},
-            "quantization": {"weights": "fp8", "kvCache": "auto", "kvCacheLadder": ["nvfp4", "fp8", "bf16"]},
+            "quantization": {"weights": "bf16", "kvCache": "auto", "kvCacheLadder": ["nvfp4", "fp8", "bf16"]},
             "nodePool": {"nodeSelector": {nodes.POOL_LABEL: "h100"}, "gpusPerReplica": 8},
             "artifacts": {"uri": f"pvc://qfleet-artifacts/{AUTO_MODEL}"},
         },

@@ -175,6 +175,18 @@ def mean_drop_interval(reference: Sample, candidate: Sample, confidence: float) 
     return Interval(drop, drop - z * error, drop + z * error)
 
 
+def paired_drop_interval(lost: float, gained: float, scored: float, confidence: float) -> Interval | None:
+    """(lost - gained) / scored, the difference of two accuracies measured on the same positions (each position
+    scores -1, 0 or +1), with a normal interval from the per-position variance; needs two positions."""
+    if scored < 2:
+        return None
+    z = NormalDist().inv_cdf(confidence)
+    drop = (lost - gained) / scored
+    variance = max(0.0, (lost + gained) / scored - drop * drop)
+    error = math.sqrt(variance / scored)
+    return Interval(drop, drop - z * error, drop + z * error)
+
+
 def proportion_interval(hits: float, total: float, confidence: float) -> Interval | None:
     """hits / total with the Wilson score bounds, which stay inside 0..1 and are honest at 0 hits."""
     if total <= 0:

@@ -48,8 +48,12 @@ STEP_CASES = [
              Verdict.INCONCLUSIVE, P99_LATENCY_RATIO, "straddles its bound 1.2"),
     StepCase("a fallback rate of 1% fails its 0.5% bound", Traffic(CANARY_REQUESTS, fallback_rate=0.01), STABLE,
              Verdict.FAIL, FALLBACK_RATE),
-    StepCase("three points of top-1 agreement lost aborts", Traffic(CANARY_REQUESTS, top1=0.92), STABLE,
-             Verdict.ABORT, QUALITY_DROP),
+    StepCase("a fallback rate of 3% (per-token: nearly every token) fails", Traffic(CANARY_REQUESTS, fallback_rate=0.03),
+             STABLE, Verdict.FAIL, FALLBACK_RATE),
+    StepCase("a live quality drop of 2 points aborts at the default bound (abortAbove = max = 0.01)",
+             Traffic(CANARY_REQUESTS, drop=0.02), STABLE, Verdict.ABORT, QUALITY_DROP),
+    StepCase("a drop of 0.008 with many changed positions is too close to call",
+             Traffic(CANARY_REQUESTS, drop=0.008, changed=0.2), STABLE, Verdict.INCONCLUSIVE, QUALITY_DROP),
 ]
 
 
@@ -66,7 +70,7 @@ def test_the_runbook_step_at_1_percent_of_5_requests_a_second(case: StepCase) ->
 @pytest.mark.parametrize("requests", range(1, 8))
 @pytest.mark.parametrize("slower", [1.0, 0.5])
 def test_one_to_seven_requests_are_never_a_pass(requests: int, slower: float) -> None:
-    canary = Traffic(requests, median_seconds=0.4 * slower, top1=1.0, fallback_rate=0)
+    canary = Traffic(requests, median_seconds=0.4 * slower, changed=0.0, fallback_rate=0)
     verdict = judge(RUNBOOK.analysis, BOUNDS, answers(canary, STABLE, 1.0))
     assert verdict.verdict is Verdict.INCONCLUSIVE
     assert all(g.verdict is Verdict.INCONCLUSIVE for g in verdict.gates)
