@@ -241,6 +241,27 @@ def test_status_records_results_and_provenance() -> None:
     assert status["capacity"]["kvBytesPerToken"] == 92_160
 
 
+PROVENANCE_CASES = [
+    # (what the calibration Job reported, status.calibration's dataset fields, what the Calibrated message adds)
+    ({"datasetUsed": "cnn_dailymail", "datasetHash": "sha256:cd"}, ("cnn_dailymail", None, "sha256:cd"), None),
+    ({"datasetUsed": "builtin", "datasetHash": "sha256:b1", "datasetNote": "cnn_dailymail cannot be downloaded"},
+     ("builtin", "cnn_dailymail", "sha256:b1"),
+     "calibration dataset cnn_dailymail could not be loaded, so builtin (sha256:b1) was substituted"),
+    ({"datasetHash": "sha256:00"}, ("cnn_dailymail", None, "sha256:00"), None),  # an older runtime: no datasetUsed
+]
+
+
+@pytest.mark.parametrize(("summary", "fields", "says"), PROVENANCE_CASES)
+def test_status_names_the_dataset_actually_used(summary: dict, fields: tuple, says: str | None) -> None:
+    calibrated = job(Step.CALIBRATE, JobState.SUCCEEDED, summary={
+        "kvFormat": "nvfp4", "worstLayer": 3, "worstLayerKL": 0.02, "fallbackLayers": [3], **summary})
+    status = decide(observed(jobs=jobs(calibrated))).status
+    calibration = status["calibration"]
+    assert (calibration["dataset"], calibration.get("datasetRequested"), calibration["datasetHash"]) == fields
+    message = next(c["message"] for c in status["conditions"] if c["type"] == "Calibrated")
+    assert (says in message) if says else ("substituted" not in message)
+
+
 def test_rollout_only_edits_keep_the_jobs() -> None:
     edited = spec_with(rollout={"steps": [{"weight": 5}, {"weight": 100}]}, serving__replicas=7)
     decision = decide(observed(spec=edited, jobs=jobs(CALIBRATED, BUILT), generation=2))

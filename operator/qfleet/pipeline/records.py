@@ -114,9 +114,12 @@ def finished(step: Step, job: JobView, revision: str, fmt: str, spec: QuantizedM
                               "message": None if outcome is StepOutcome.SUCCEEDED else
                               (job.failure or "no reason given")[:1024]}
     if step is Step.CALIBRATE:
+        requested = spec.quantization.calibration.dataset
+        used = s.get("datasetUsed") or requested
         return CalibrationStatus.model_validate(common | {
             "completedAt": when, "inputsHash": inputs_hash,
-            "dataset": spec.quantization.calibration.dataset, "datasetHash": s.get("datasetHash"),
+            "dataset": used, "datasetRequested": requested if used != requested else None,
+            "datasetHash": s.get("datasetHash"),
             "samples": s.get("samples", spec.quantization.calibration.samples),
             "modelOptVersion": s.get("modelOptVersion"), "device": s.get("device"),
             "report": {"kvFormat": s.get("kvFormat", fmt), "worstLayer": s.get("worstLayer"),
@@ -140,7 +143,11 @@ def success_message(record: StepRecord, fmt: str) -> str:
         layers = report.fallback_layers if report else []
         worst = report.worst_layer if report and report.worst_layer is not None else "?"
         kl = report.worst_layer_kl if report and report.worst_layer_kl is not None else "?"
-        return f"KV {fmt} calibrated: worst layer {worst} with KL {kl}; {len(layers)} fallback layer(s)"
+        message = f"KV {fmt} calibrated: worst layer {worst} with KL {kl}; {len(layers)} fallback layer(s)"
+        if record.dataset_requested:
+            message += (f"; calibration dataset {record.dataset_requested} could not be loaded, so {record.dataset} "
+                        f"({record.dataset_hash or 'no hash reported'}) was substituted")
+        return message
     assert isinstance(record, EngineStatus)
     return f"Engine with KV {record.kv_cache_dtype or fmt} built by Job {record.job}"
 
