@@ -242,6 +242,7 @@ class Engine:
             entries, fallback_entries = entries + more, fallback_entries + more_fallback
             logits = out.logits[0, -1].float()
             self.in_flight_bytes = cache.nbytes
+            self._set_bytes_gauge()
         self.sink.observe(m.TIME_TO_FIRST_TOKEN, ttft)
         kv_bytes, kv_tokens = cache.nbytes, cache.get_seq_length()
         self.in_flight_bytes = 0

@@ -131,3 +131,30 @@ def test_offline_and_live_quality_agree_on_the_same_text(model_dir: Path, nvfp4_
     # The per-entry fallbacks are applied offline as they are served, and counted the same way.
     assert 0 < offline["fallbackRate"] < 0.05
     assert live_fallback == pytest.approx(offline["fallbackRate"], abs=1e-6)
+
+
+# -- latency ----------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("parameters", "started_at"), [
+    ('{"qfleet-arrival-ns": "%d"}' % 997_500_000_000, 97.5),   # arrived 2.5 s before now: queue time is counted
+    ('{"qfleet-arrival-ns": %d}' % 997_500_000_000, 97.5),     # as a number, too
+    ('{"qfleet-arrival-ns": "%d"}' % 1_005_000_000_000, 99.0),  # a stamp from the future is not believed
+    ("{}", 99.0),                                               # gRPC: no front, timed from execute
+    (None, 99.0),
+    ('{"qfleet-arrival-ns": "soon"}', 99.0),
+])
+def test_a_request_is_timed_from_its_arrival_stamp(parameters: str | None, started_at: float) -> None:
+    from qfleet_runtime.triton_model import request_start
+
+    # wall clock 1000 s, monotonic clock 100 s, execute started at monotonic 99 s
+    assert request_start(parameters, 99.0, wall=lambda: 1000.0, monotonic=lambda: 100.0) == pytest.approx(started_at)
+
+
+def test_latency_buckets_tell_a_1_2x_p99_ratio_from_1x() -> None:
+    from qfleet_runtime.serving_metrics import LATENCY_BUCKETS
+
+    steps = [b / a for a, b in zip(LATENCY_BUCKETS, LATENCY_BUCKETS[1:])]
+    assert all(1 < step <= 1.0501 for step in steps[:-1]), "5% apart up to the last finite bucket"
+    # Between 0.1 s and 60 s a 1.2x ratio moves a quantile over at least three bucket bounds.
+    for low in (0.1, 0.5, 1.0, 2.0, 10.0):
+        assert sum(1 for b in LATENCY_BUCKETS if low < b <= 1.2 * low) >= 3
