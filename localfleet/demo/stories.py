@@ -21,7 +21,6 @@ second: 1% of that is no sample a verdict could rest on within a demo). Every ve
 """
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field

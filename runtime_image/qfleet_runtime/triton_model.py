@@ -89,7 +89,8 @@ class QfleetModel:
         responses = []
         for request in requests:
             try:
-                arrived = request_start(request.parameters(), started)
+                parameters = request.parameters() if hasattr(request, "parameters") else None
+                arrived = request_start(parameters, started)
                 texts = pb.get_input_tensor_by_name(request, "text_input").as_numpy().reshape(-1)
                 max_tensor = pb.get_input_tensor_by_name(request, "max_tokens")
                 limits = (max_tensor.as_numpy().reshape(-1) if max_tensor is not None

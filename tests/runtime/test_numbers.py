@@ -4,7 +4,6 @@ same text, and the request latency's start (arrival, not the start of the work).
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest

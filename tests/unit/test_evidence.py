@@ -1,6 +1,6 @@
 """Verdicts from evidence: the runbook's step (1% for 72 hours) judged on what it accumulated, with the default
 settings, and the statistics under it (rank intervals of a quantile over histogram buckets, the Wilson interval, the
-difference of means)."""
+paired difference of accuracies)."""
 from __future__ import annotations
 
 import math
