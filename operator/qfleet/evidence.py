@@ -138,9 +138,11 @@ def _fallback(fallbacks: Decimal | None, entries: Decimal | None, tokens: Decima
     """Fallback entries over quantized KV entries (docs/metrics.md): the share of quantized KV values at bf16. The
     entries of one token share its activations, so they are not independent samples: the Wilson interval is taken
     with the KV tokens as the sample size (as if every entry of a token fell back together), never tighter."""
-    if entries is None or entries <= 0 or tokens is None or tokens <= 0:
-        return Estimate(None, canary_samples=0 if tokens is None else round(tokens))
-    rate = min(1.0, float(fallbacks or 0) / float(entries))
+    if tokens is None or tokens <= 0:
+        return Estimate(None, canary_samples=0)
+    # Tokens but no quantized entries: a BF16 revision (or every layer planned at bf16) quantizes nothing, so
+    # nothing can fall back, and its rate is 0 on that many tokens.
+    rate = min(1.0, float(fallbacks or 0) / float(entries)) if entries else 0.0
     interval = stats.proportion_interval(rate * float(tokens), float(tokens), level)
     return _estimate(interval, round(tokens))
 

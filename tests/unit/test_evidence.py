@@ -132,3 +132,26 @@ def test_the_interval_is_deterministic() -> None:
 
 def test_the_wilson_interval_is_exact_at_its_ends() -> None:
     assert proportion_interval(0, 140, 0.95).lower == 0.0 and proportion_interval(140, 140, 0.95).upper == 1.0
+
+
+@pytest.mark.parametrize(("fallback", "entries", "tokens", "value", "samples"), [
+    (2, 18_000, 100, 2 / 18_000, 100),   # the rate per entry, the tokens as the interval's sample size
+    (0, 0, 700, 0.0, 700),               # a BF16 revision quantizes nothing: rate 0 on its tokens
+    (0, 0, 0, None, 0),                  # no traffic: no data
+])
+def test_the_fallback_rate_is_per_entry_with_tokens_as_its_sample_size(
+        fallback: int, entries: int, tokens: int, value: float | None, samples: int) -> None:
+    from qfleet.evidence import key
+    from qfleet.evidence import estimates as estimate_all
+
+    bound = next(b for b in BOUNDS if b.name == FALLBACK_RATE)
+    values = {key("step", FALLBACK_RATE, "fallback"): Decimal(fallback),
+              key("step", FALLBACK_RATE, "entries"): Decimal(entries),
+              key("step", FALLBACK_RATE, "tokens"): Decimal(tokens)}
+    found = estimate_all([bound], "step", values, {}, Decimal("0.95"))[FALLBACK_RATE]
+    assert (None if found.value is None else float(found.value)) == (None if value is None else pytest.approx(value, rel=1e-3))
+    assert found.canary_samples == samples
+    if value is not None:
+        assert found.lower <= Decimal(repr(value)) <= found.upper
+    if entries:  # never as sure as if every entry were an independent sample
+        assert float(found.upper) >= proportion_interval(fallback, entries, 0.95).upper
