@@ -8,6 +8,7 @@ Pure: the old status and what was observed of the Jobs come in; records come out
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -16,7 +17,16 @@ from typing import Any
 from qfleet.api.conditions import StepOutcome
 from qfleet.api.jobs import Step
 from qfleet.api.spec import QuantizedModelSpec
-from qfleet.api.status import CalibrationStatus, EngineStatus, EvaluationStatus, QuantizedModelStatus, StepRecord
+from qfleet.api.status import (
+    CalibrationStatus,
+    CapacityStatus,
+    EngineStatus,
+    EvaluationStatus,
+    QuantizedModelStatus,
+    StepRecord,
+)
+from qfleet.capacity import mixed_kv_bytes_per_token
+from qfleet.formats import kv_format
 
 MAX_JOB_RECREATIONS = 3
 """A step's Job deleted before it finished is created again, this many times at most; then the step fails."""
@@ -135,6 +145,34 @@ def finished(step: Step, job: JobView, revision: str, fmt: str, spec: QuantizedM
         "completedAt": when, "qualityDrop": _text(s.get("qualityDrop")), "score": _text(s.get("score")),
         "baselineScore": _text(s.get("baselineScore")),
     })
+
+
+def with_fallback_layers(capacity: CapacityStatus | None, spec: QuantizedModelSpec,
+                         calibration: CalibrationStatus | None) -> CapacityStatus | None:
+    """The capacity plan of the mixed plan the calibration chose: its fallback layers keep bf16 KV, so the bytes per
+    token are `mixed_kv_bytes_per_token`'s (exact) and the tokens per replica shrink in proportion. Unchanged when the
+    calibration kept every layer in the format, is not this format's, or the model's shape is not one uniform group."""
+    report = calibration.report if calibration else None
+    shape = spec.model.resolved_shape()
+    if capacity is None or report is None or not report.fallback_layers or shape is None \
+            or report.kv_format != capacity.kv_cache or not capacity.kv_bytes_per_token:
+        return capacity
+    fmt, layers = kv_format(capacity.kv_cache), len(report.fallback_layers)
+    try:
+        mixed = mixed_kv_bytes_per_token(shape, fmt, kv_format("bf16"), layers)
+    except ValueError:
+        return capacity
+    plain, exact = capacity.kv_bytes_per_token, math.ceil(mixed)
+    scale = plain / mixed
+    note = (f"{layers} fallback layer(s) {report.fallback_layers} keep bf16 KV: {exact} KV bytes per token "
+            f"(all {fmt.name}: {plain})")
+    return capacity.model_copy(update={
+        "kv_bytes_per_token": exact,
+        "max_tokens_per_replica": None if capacity.max_tokens_per_replica is None else
+        int(capacity.max_tokens_per_replica * scale),
+        "sequences_per_replica": None if capacity.sequences_per_replica is None else
+        int(capacity.sequences_per_replica * scale),
+        "message": "; ".join(m for m in (capacity.message, note) if m)})
 
 
 def success_message(record: StepRecord, fmt: str) -> str:
