@@ -16,9 +16,10 @@ from qfleet.api import metrics as m
 
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 
-LATENCY_BUCKETS = tuple(round(0.01 * 1.05 ** i, 4) for i in range(195)) + (120.0,)
-"""Request latency and TTFT: 10 ms to about 131 s in steps of 5% (each bucket's upper bound 1.05x the one below), so a
-p99 ratio of 1.2 spans three to four buckets and the rank interval on the ratio can tell it from 1.0."""
+LATENCY_BUCKETS = tuple(float(f"{0.01 * 1.05 ** i:.4g}") for i in range(190))
+"""Request latency and TTFT: 10 ms to about 101 s in steps of 5% (each bucket's upper bound 1.05x the one below, 4
+significant digits), so a p99 ratio of 1.2 spans three to four buckets and the rank interval on the ratio can tell it
+from 1.0. Strictly increasing (Triton refuses a metric whose boundaries are not)."""
 TOKEN_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0)
 KL_BUCKETS = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 RATIO_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
