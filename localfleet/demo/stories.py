@@ -44,6 +44,9 @@ PROMPT = PASSAGES[0]
 INFER = infer_body(PROMPT)
 PIPELINE_TIMEOUT = 1200
 ROLLOUT_TIMEOUT = 900
+NVFP4_CANARY_SECONDS = 600
+"""How long the NVFP4 canary may gather evidence: near the quality bound the default gate needs thousands of scored
+tokens, and a demo reports an undecided canary rather than waiting for it."""
 
 STEPS = [
     # Each step is judged on what it accumulated since it started; it advances once its evidence passes.
@@ -207,13 +210,27 @@ class Demo:
             self._back_to_fp8(stable)
             return
         canary = status["revision"]["canary"]
+        give_up = time.monotonic() + NVFP4_CANARY_SECONDS
         with self._traffic(result) as traffic:
             done = self._follow(result, lambda d: condition(d, "RolledBack").get("status") == "True" or
-                                self._promoted(d, stable), ROLLOUT_TIMEOUT,
+                                self._promoted(d, stable) or time.monotonic() > give_up, ROLLOUT_TIMEOUT,
                                 "the NVFP4 canary to be promoted or rolled back")
         if traffic.failures():
             raise StoryFailed(f"requests failed during the canary: {traffic.failed_reports()}")
         weights = sorted({s.weight for s in self.recorder.samples if s.story == result.key and s.weight})
+        if condition(done, "RolledBack").get("status") != "True" and not self._promoted(done, stable):
+            last = (done["status"].get("canary") or {}).get("lastAnalysis") or {}
+            gates = "; ".join(f"{g['name']} {g.get('value')} [{g.get('lower')}, {g.get('upper')}] max {g.get('max')} "
+                              f"{g.get('verdict')} (n {g.get('canarySamples')})" for g in last.get("gates") or [])
+            held = f"{weights[-1]:g}%" if weights else "?"
+            result.formats["nvfp4"] = (f"undecided after {NVFP4_CANARY_SECONDS} s of canary (up to {held}): {plan}, "
+                                       f"offline quality drop {evaluation.get('qualityDrop')}; the last "
+                                       f"analysis: {last.get('verdict')}: {gates}")
+            result.facts["last analysis"] = gates
+            result.summary = (f"revision {canary} (nvfp4) neither passed nor failed the default gates within "
+                              f"{NVFP4_CANARY_SECONDS} s; {stable} keeps serving")
+            self._back_to_fp8(stable)
+            return
         entry = done["status"]["history"][-1]
         result.facts["weights the canary held"] = ", ".join(f"{w:g}%" for w in weights)
         result.facts["history"] = ", ".join(f"{h['revision']} {h['outcome']}" for h in done["status"]["history"])
