@@ -255,6 +255,11 @@ class Demo:
         """The spec back to the stable revision's (FP8, no layer fallback; a merge patch's null removes a field)."""
         self._patch({"quantization": {"kvCache": "fp8", "layerFallback": None}})
         self.log(f"kubectl patch: kvCache back to fp8, no layerFallback (the spec of {stable}, which kept serving)")
+        try:  # so that the next story's canary is its own, not this one's last status
+            self.recorder.follow(MODEL, "nvfp4-canary", lambda d: (d["status"].get("revision") or {}).get("canary")
+                                 in (None, stable), 180, "the NVFP4 canary to end")
+        except StoryFailed as late:
+            self.log(f"(the spec is back to fp8, but {late})")
 
     def regression_rolled_back(self, result: StoryResult) -> None:
         stable = self._stable()
