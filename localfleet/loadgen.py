@@ -18,6 +18,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -112,16 +113,23 @@ class SteadyTraffic:
     and the demo. One at a time because each CPU server answers one request at a time: concurrent requests would
     queue, and the p99 would measure the queue rather than the revision."""
 
-    def __init__(self, url: str, headers: dict[str, str], data: bytes, batch: int = 6, timeout: float = 30.0):
-        self.url, self.headers, self.data, self.batch, self.timeout = url, headers, data, batch, timeout
+    def __init__(self, url: str, headers: dict[str, str], data: bytes | Callable[[int], bytes], batch: int = 6,
+                 timeout: float = 30.0):
+        """`data` is every request's body, or a function of the request's index giving it (then one request per
+        batch, so that each gets its own body)."""
+        self.url, self.headers, self.data, self.timeout = url, headers, data, timeout
+        self.batch = 1 if callable(data) else batch
         self.stop_event = threading.Event()
         self.reports: list[Report] = []
         self.thread = threading.Thread(target=self._run, name="steady-traffic", daemon=True)
 
     def _run(self) -> None:
+        index = 0
         while not self.stop_event.is_set():
+            body = self.data(index) if callable(self.data) else self.data
+            index += 1
             self.reports.append(run(self.url, self.batch, concurrency=1, max_seconds=self.timeout,
-                                    timeout=self.timeout, headers=self.headers, data=self.data))
+                                    timeout=self.timeout, headers=self.headers, data=body))
 
     def start(self) -> SteadyTraffic:
         self.thread.start()

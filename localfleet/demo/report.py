@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from localfleet.demo.stories import StoryResult  # noqa: E402
+from localfleet.demo.stories import CPU_SETTING, GATES as DEMO_GATES, StoryResult  # noqa: E402
 from localfleet.demo.watch import GATES, Sample  # noqa: E402
 from qfleet.capacity import plan_capacity  # noqa: E402
 from qfleet.formats import weight_format  # noqa: E402
@@ -30,11 +30,11 @@ CAPACITY_GPUS = ("H100", "B200")
 
 
 def capacity_rows() -> list[dict]:
-    """The planner's answer per GPU and KV format for the auto story's model, one 8-GPU replica, FP8 weights."""
+    """The planner's answer per GPU and KV format for the auto story's model, one 8-GPU replica, BF16 weights."""
     shape = known_shape(CAPACITY_MODEL)
     rows = []
     for gpu in CAPACITY_GPUS:
-        plan = plan_capacity(shape, GPUS[gpu], weight_format("fp8"), gpus_per_replica=8)
+        plan = plan_capacity(shape, GPUS[gpu], weight_format("bf16"), gpus_per_replica=8)
         for row in plan.formats:
             rows.append({"gpu": gpu, "kvCache": row.kv_format.name, "bytesPerToken": float(row.kv_bytes_per_token),
                          "tokensPerReplica": row.tokens_per_replica if row.runs_on_gpu else 0,
@@ -130,7 +130,7 @@ def _plot_capacity(path: Path, capacity: list[dict], measured: dict[str, dict]) 
         left.bar([i + index * width for i in range(len(formats))], values, width, label=f"8x {gpu}")
     left.set_xticks([i + width / 2 for i in range(len(formats))], formats)
     left.set_ylabel("KV tokens per replica (millions)")
-    left.set_title("Planner: Llama 3.3 70B, FP8 weights (0 = the GPU cannot run it)")
+    left.set_title("Planner: Llama 3.3 70B, BF16 weights (0 = the GPU cannot run it)")
     left.legend()
     served = sorted(measured.items(), key=lambda item: -(item[1].get("bytesPerToken") or 0))
     right.bar([f"{m['kvCache']}\n{revision}" for revision, m in served],
@@ -144,14 +144,26 @@ def _plot_capacity(path: Path, capacity: list[dict], measured: dict[str, dict]) 
 
 def _markdown(results: Sequence[StoryResult], samples: Sequence[Sample], capacity: list[dict],
               measured: dict[str, dict], machine: dict[str, str], passed: bool, short: bool) -> str:
+    cpu = DEMO_GATES[CPU_SETTING]
     lines = [f"# qfleet demo report ({'short variant' if short else 'full'})", "",
+             f"Gates: **the defaults** (fallbackRate max 0.005; qualityDrop max 0.01, abortAbove 0.01; their "
+             f"minSamples), except one setting for a CPU reason: `{CPU_SETTING}` max {cpu['max']}, abortAbove "
+             f"{cpu['abortAbove']}, minSamples {cpu['minSamples']} (default 1.2 / 1.5 / 500): two CPU servers share "
+             "two cores with the traffic and the live-quality rescoring, and NVFP4's packing costs about 1.3x on CPU "
+             "where a GPU kernel does not. Steps, pauses and intervals are seconds, not the runbook's hours.", "",
              f"Outcome: **{'every story passed' if passed else 'a story FAILED'}**. "
              f"Machine: {machine.get('cpus')} CPUs, {machine.get('python')}, {machine.get('platform')}; "
              f"started {machine.get('started')}, {machine.get('seconds')} s in all.", "",
              "Model: SmolLM2-135M-Instruct, served by real Triton (`qfleet-runtime serve`) on the local fleet's "
              "executor node; traffic through Traefik by the HTTPRoute's weights; gates read from the fleet's "
              "Prometheus. Plots: [weights.png](weights.png), [gates.png](gates.png), "
-             "[capacity.png](capacity.png).", "", "## Stories", ""]
+             "[capacity.png](capacity.png).", ""]
+    formats = [(name, text) for result in results for name, text in result.formats.items()]
+    if formats:
+        lines += ["## Formats on the default gates", "", "| KV format | outcome and why |", "|---|---|"]
+        lines += [f"| {name} | {text} |" for name, text in formats]
+        lines.append("")
+    lines += ["## Stories", ""]
     for index, result in enumerate(results, 1):
         seconds = (result.finished or result.started) - result.started
         lines += [f"### {index}. {result.title}", "",
@@ -170,8 +182,8 @@ def _markdown(results: Sequence[StoryResult], samples: Sequence[Sample], capacit
             lines += ["", "Each analysis judged every gate on the evidence since its step started (an abort also on "
                       "the last interval alone, marked 'last interval'): the value, its confidence interval "
                       f"(each bound one-sided at {confidence or 'the spec confidence'}), its bound, and the canary "
-                      "and stable sample sizes it rests on (requests; KV tokens for the fallback rate; scored "
-                      "requests for quality).", "",
+                      "and stable sample sizes it rests on (requests; KV tokens for the fallback rate; the "
+                      "canary's scored prompt tokens for quality).", "",
                       "| t (s) | weight | verdict | canary requests | " + " | ".join(GATES) + " |",
                       "|---|---|---|---|" + "---|" * len(GATES)]
             for s in analyses:
@@ -181,7 +193,7 @@ def _markdown(results: Sequence[StoryResult], samples: Sequence[Sample], capacit
                 lines.append(f"| {s.t:.0f} | {weight} | {s.verdict} | {s.requests} | {gates} |")
         lines.append("")
     lines += ["## Capacity by KV format", "",
-              "The planner (`qfleet plan`) for one replica of Llama 3.3 70B with FP8 weights on 8 GPUs "
+              "The planner (`qfleet plan`) for one replica of Llama 3.3 70B with BF16 weights on 8 GPUs "
               "(KV tokens per replica; NVFP4 needs compute capability 10, so H100 gets none):", "",
               "| GPU | KV format | KV bytes/token | tokens per replica |", "|---|---|---|---|"]
     for row in capacity:

@@ -69,6 +69,20 @@ def kv_bytes_per_token(shape: ModelShape, kv_format: KvFormat, sequence_length: 
     )
 
 
+def mixed_kv_bytes_per_token(shape: ModelShape, kv_format: KvFormat, higher: KvFormat, higher_layers: int) -> Fraction:
+    """KV bytes per token of a mixed plan: every attention layer in `kv_format` except `higher_layers` of them kept in
+    `higher` (the calibration's fallback layers, `layerFallback.maxLayerKL`). Exact for models whose attention
+    layers all hold the same KV per token (one cache group); others are refused rather than guessed."""
+    groups = [group for group in shape.cache if not group.per_sequence]
+    if len(groups) != 1:
+        raise ValueError("a mixed plan's bytes per token need one uniform group of attention layers")
+    (group,) = groups
+    if not 0 <= higher_layers <= group.layers:
+        raise ValueError(f"{higher_layers} fallback layers of {group.layers}")
+    per_layer = {fmt.name: group.heads * head_bytes(group, fmt) for fmt in (kv_format, higher)}
+    return (group.layers - higher_layers) * per_layer[kv_format.name] + higher_layers * per_layer[higher.name]
+
+
 def weight_bytes(shape: ModelShape, weights: WeightFormat) -> int:
     """Bytes of the weights: the checkpoint's exact size when it is stored in `weights`, else every
     parameter in `weights` (rounded up)."""

@@ -73,12 +73,13 @@ def _gate_queries(bound: GateBound, window: Window, name: str, into: Queries) ->
         for side, revision in sides:
             into.histograms[key(name, bound.name, side)] = bucket_counts(window, m.REQUEST_DURATION, revision)
     elif bound.name == FALLBACK_RATE:
-        into.values[key(name, bound.name, "fallback")] = count(window, m.KV_FALLBACK_TOKENS, window.canary)
+        into.values[key(name, bound.name, "fallback")] = count(window, m.KV_FALLBACK_ENTRIES, window.canary)
+        into.values[key(name, bound.name, "entries")] = count(window, m.KV_ENTRIES, window.canary)
         into.values[key(name, bound.name, "tokens")] = count(window, m.KV_TOKENS, window.canary)
     elif bound.name == QUALITY_DROP:
-        for side, revision in sides:
-            into.histograms[key(name, bound.name, side)] = bucket_counts(window, m.QUALITY_TOP1, revision)
-            into.values[key(name, bound.name, f"{side}-sum")] = count(window, f"{m.QUALITY_TOP1}_sum", revision)
+        for part, metric in (("scored", m.QUALITY_SCORED_TOKENS), ("lost", m.QUALITY_LOST_TOKENS),
+                             ("gained", m.QUALITY_GAINED_TOKENS)):
+            into.values[key(name, bound.name, part)] = count(window, metric, window.canary)
     else:
         into.values[key(name, bound.name, "value")] = default_query(bound.name, window)
 
@@ -118,10 +119,11 @@ def estimates(bounds: Sequence[GateBound], window: str, values: Mapping[str, Dec
         elif name == P99_LATENCY_RATIO:
             found[name] = _latency(answers.histogram(name, "canary"), answers.histogram(name, "stable"), level)
         elif name == FALLBACK_RATE:
-            found[name] = _fallback(answers.value(name, "fallback"), answers.value(name, "tokens"), level)
+            found[name] = _fallback(answers.value(name, "fallback"), answers.value(name, "entries"),
+                                    answers.value(name, "tokens"), level)
         else:
-            found[name] = _quality(answers.histogram(name, "canary"), answers.value(name, "canary-sum"),
-                                   answers.histogram(name, "stable"), answers.value(name, "stable-sum"), level)
+            found[name] = _quality(answers.value(name, "lost"), answers.value(name, "gained"),
+                                   answers.value(name, "scored"), level)
     return found
 
 
@@ -132,20 +134,26 @@ def _latency(canary: stats.Histogram | None, stable: stats.Histogram | None, lev
     return _estimate(stats.quantile_ratio_interval(canary, stable, LATENCY_QUANTILE, level), *sizes)
 
 
-def _fallback(fallbacks: Decimal | None, tokens: Decimal | None, level: float) -> Estimate:
+def _fallback(fallbacks: Decimal | None, entries: Decimal | None, tokens: Decimal | None, level: float) -> Estimate:
+    """Fallback entries over quantized KV entries (docs/metrics.md): the share of quantized KV values at bf16. The
+    entries of one token share its activations, so they are not independent samples: the Wilson interval is taken
+    with the KV tokens as the sample size (as if every entry of a token fell back together), never tighter."""
     if tokens is None or tokens <= 0:
         return Estimate(None, canary_samples=0)
-    return _estimate(stats.proportion_interval(float(fallbacks or 0), float(tokens), level), round(tokens))
+    # Tokens but no quantized entries: a BF16 revision (or every layer planned at bf16) quantizes nothing, so
+    # nothing can fall back, and its rate is 0 on that many tokens.
+    rate = min(1.0, float(fallbacks or 0) / float(entries)) if entries else 0.0
+    interval = stats.proportion_interval(rate * float(tokens), float(tokens), level)
+    return _estimate(interval, round(tokens))
 
 
-def _quality(canary: stats.Histogram | None, canary_sum: Decimal | None, stable: stats.Histogram | None,
-             stable_sum: Decimal | None, level: float) -> Estimate:
-    sizes = _size(canary), _size(stable)
-    if canary is None or stable is None or canary_sum is None or stable_sum is None:
-        return Estimate(None, canary_samples=sizes[0], stable_samples=sizes[1])
-    drop = stats.mean_drop_interval(stats.Sample(float(stable_sum), stable.count, stable),
-                                    stats.Sample(float(canary_sum), canary.count, canary), level)
-    return _estimate(drop, *sizes)
+def _quality(lost: Decimal | None, gained: Decimal | None, scored: Decimal | None, level: float) -> Estimate:
+    """BF16 KV's next-token accuracy minus the served plan's on the canary's sampled prompts: evaluate's
+    `qualityDrop`, measured live (docs/metrics.md)."""
+    if scored is None or scored <= 0:
+        return Estimate(None, canary_samples=0)
+    drop = stats.paired_drop_interval(float(lost or 0), float(gained or 0), float(scored), level)
+    return _estimate(drop, round(scored))
 
 
 def _size(histogram: stats.Histogram | None) -> int:

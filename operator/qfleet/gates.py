@@ -30,12 +30,13 @@ LATENCY_QUANTILE = 0.99
 DEFAULT_MIN_SAMPLES = {
     # Five requests expected above the p99 on each side: fewer, and the p99 is the slowest request or two.
     P99_LATENCY_RATIO: 500,
-    # Ten fallbacks expected at the default bound of 0.5%: enough for the rate's upper bound to come under it.
+    # KV tokens (the interval's sample size, docs/metrics.md): ten expected at the default bound of 0.5%.
     FALLBACK_RATE: 2000,
-    # Enough scored requests on each side for the normal interval on the difference of means to hold.
-    QUALITY_DROP: 100,
+    # Scored prompt positions of the canary: at a drop near 0 with ~5% of positions changing (FP8 here), 2000 bring
+    # the normal interval's half-width to about 0.01, the default bound.
+    QUALITY_DROP: 2000,
 }
-SAMPLE_UNITS = {P99_LATENCY_RATIO: "requests", FALLBACK_RATE: "KV tokens", QUALITY_DROP: "scored requests"}
+SAMPLE_UNITS = {P99_LATENCY_RATIO: "requests", FALLBACK_RATE: "KV tokens", QUALITY_DROP: "scored tokens"}
 
 STEP_WINDOW = "step"
 """Evidence from the step's start (the canary's start for the first step) up to now: what Pass and Fail rest on."""

@@ -7,8 +7,9 @@ Pure and deterministic (no random numbers), so a restarted operator computes the
   the linear interpolation `histogram_quantile` uses. It works over whatever buckets the histogram has;
 - a ratio of two quantiles: the canary's bound over the stable's opposite bound, each at half the error allowed
   (Bonferroni), so the pair holds with at least the confidence asked;
-- a difference of means (live quality): a normal interval whose variances come from the histograms' buckets;
-- a proportion (fallback tokens): the Wilson score interval.
+- a paired difference of two accuracies on the same positions (live quality: lost minus gained over scored): a normal
+  interval from the per-position variance;
+- a proportion (the fallback rate): the Wilson score interval.
 
 Each bound is one-sided at the confidence asked: a gate passes when the upper bound is within its max and fails when
 the lower bound is above it, so `[lower, upper]` read together is the two-sided interval of equivalence tests.
@@ -131,47 +132,15 @@ def quantile_ratio_interval(canary: Histogram, stable: Histogram, q: float, conf
     return Interval(ours.value / theirs.value, lower, upper)
 
 
-def histogram_variance(histogram: Histogram) -> float:
-    """The variance of the observations, each bucket's spread around its midpoint included (uniform within a
-    bucket); the +Inf bucket counts at the highest finite bound."""
-    total = histogram.count
-    if total <= 0:
-        return 0.0
-    below, parts = 0.0, []
-    for index, (le, cumulative) in enumerate(histogram.buckets):
-        count = cumulative - below
-        below = cumulative
-        if count <= 0:
-            continue
-        start = histogram.lower_edge(index)
-        end = histogram.last_finite_bound() if le == INF else le
-        start = min(start, end)
-        parts.append((count, (start + end) / 2, (end - start) ** 2 / 12))
-    mean = sum(c * m for c, m, _ in parts) / total
-    return sum(c * ((m - mean) ** 2 + spread) for c, m, spread in parts) / total
-
-
-@dataclass(frozen=True)
-class Sample:
-    """A mean from Prometheus' exact `_sum` and `_count`, and the histogram its variance comes from."""
-
-    total: float
-    count: float
-    histogram: Histogram
-
-    @property
-    def mean(self) -> float:
-        return self.total / self.count
-
-
-def mean_drop_interval(reference: Sample, candidate: Sample, confidence: float) -> Interval | None:
-    """reference mean - candidate mean with a normal interval (Welch's standard error); needs two of each."""
-    if reference.count < 2 or candidate.count < 2:
+def paired_drop_interval(lost: float, gained: float, scored: float, confidence: float) -> Interval | None:
+    """(lost - gained) / scored, the difference of two accuracies measured on the same positions (each position
+    scores -1, 0 or +1), with a normal interval from the per-position variance; needs two positions."""
+    if scored < 2:
         return None
     z = NormalDist().inv_cdf(confidence)
-    error = math.sqrt(histogram_variance(reference.histogram) / reference.count
-                      + histogram_variance(candidate.histogram) / candidate.count)
-    drop = reference.mean - candidate.mean
+    drop = (lost - gained) / scored
+    variance = max(0.0, (lost + gained) / scored - drop * drop)
+    error = math.sqrt(variance / scored)
     return Interval(drop, drop - z * error, drop + z * error)
 
 

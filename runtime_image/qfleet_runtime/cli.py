@@ -74,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--eval-seq-len", type=int, default=512,
                           help="(not rendered by the operator) window length for the held-out text")
     evaluate.add_argument("--bf16-fallback-layers", action="store_true",
-                          help="(not rendered by the operator) keep the calibration's fallbackLayers in bf16 in the "
-                               "candidate, as serve stores them")
+                          help="(kept for old scripts; no effect) the calibration's fallbackLayers are always bf16 in "
+                               "the candidate, as serve stores them")
+    evaluate.add_argument("--eval-text", default=None,
+                          help="(not rendered by the operator) a text file to score instead of the held-out text")
     serve = steps.add_parser("serve", allow_abbrev=False,
                              help="Triton serving the built revision (HTTP, gRPC, metrics); runs until SIGTERM")
     serve.add_argument("--revision", required=True)

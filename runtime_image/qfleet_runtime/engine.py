@@ -5,14 +5,16 @@ It runs inside Triton's Python backend (`triton_model`), but knows nothing of Tr
 
 - **Storage.** `StoredCache` is a transformers `Cache` whose layers keep K and V packed (`kvstore`: bf16, fp8, int8,
   nvfp4 with its block scales) and hand attention the dequantized values; `nbytes` is what is really held.
-- **Fallbacks.** Per layer and token: K or V above the calibrated amax (what the scale can hold without clipping),
-  or flagged by the layer's outlier detector, is kept in bf16 beside the packed codes. Layers in the calibration
-  report's `fallbackLayers` are stored in bf16 altogether. A token counts once in `qfleet_kv_fallback_tokens_total`
-  when any of its quantized-layer entries fell back.
+- **Fallbacks** (`stored_cache`). Per layer, token and KV head: a K or V entry above the calibrated amax (what the
+  scale can hold without clipping), or flagged by the layer's outlier detector, is kept in bf16 beside the packed
+  codes. Layers in the calibration report's `fallbackLayers` are stored in bf16 altogether. The fallback rate is
+  `qfleet_kv_fallback_entries_total` over `qfleet_kv_entries_total` (entries of quantized layers); a token counts
+  once in `qfleet_kv_fallback_tokens_total` when any of its quantized-layer entries fell back.
 - **Prefix cache.** Prompt K/V in blocks of `block_tokens`, keyed by the whole prefix, LRU within a byte budget
   (`prefix_cache`); blocks are kept packed, so the same budget holds about 3.5x more NVFP4 blocks than BF16.
-- **Live quality.** A share of requests is recomputed in a background thread with BF16 KV (teacher forcing on the
-  generated tokens); the mean next-token KL and the top-1 agreement go to the quality histograms.
+- **Live quality** (`quality`). A share of requests is rescored in a background thread: the prompt's next tokens
+  predicted with the served plan and with BF16 KV, the same definition as evaluate's `qualityDrop`; the counts go to
+  `qfleet_quality_*_tokens_total`, the mean KL and top-1 agreement to the quality histograms.
 - **Fault switch** (environment): QFLEET_FAULT_LATENCY_SECONDS adds latency to every request;
   QFLEET_FAULT_KV_SCALE multiplies the calibrated K/V amax (below 1: a stale calibration, values pass the scale and
   the fallback rate rises); QFLEET_FAULT_QUALITY_DROP adds Gaussian noise (std x * amax) to K and V as they are
@@ -30,16 +32,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
 
 from qfleet.api import metrics as m
 
-from . import kvstore, model_recipe
+from . import kvstore, model_recipe, quality
 from .prefix_cache import PrefixCache, block_keys, reusable_blocks
 from .serving_metrics import RecordingSink, Sink
+from .stored_cache import StoredCache, StoredLayer, WriteLog, build_cache
+
+__all__ = ["StoredCache", "StoredLayer", "WriteLog"]
 
 log = logging.getLogger("qfleet.serve")
 
@@ -115,124 +118,6 @@ def calibrated_amax(report_path: Path, kv_format: str) -> tuple[tuple[tuple[floa
             frozenset(int(i) for i in report.get("fallbackLayers") or ()))
 
 
-# -- the cache --------------------------------------------------------------------------------------------------------
-
-class WriteLog:
-    """Which new tokens fell back, in any layer, during one forward pass (positions in the sequence)."""
-
-    def __init__(self) -> None:
-        self.fallback: dict[int, str] = {}
-
-    def record(self, start: int, reasons: list[str]) -> None:
-        for offset, reason in enumerate(reasons):
-            if reason and start + offset not in self.fallback:
-                self.fallback[start + offset] = reason
-
-    def take(self) -> dict[int, str]:
-        out, self.fallback = self.fallback, {}
-        return out
-
-
-class StoredLayer(DynamicLayer):
-    """One decoder layer's K and V, packed in `kv_format`; attention gets them dequantized."""
-
-    def __init__(self, index: int, kv_format: str, k_amax: float, v_amax: float, log_: WriteLog,
-                 detectors: tuple[kvstore.OutlierDetector, kvstore.OutlierDetector] | None,
-                 noise: float = 0.0, generator: torch.Generator | None = None) -> None:
-        super().__init__()
-        self.index, self.kv_format = index, kv_format
-        self.k_amax, self.v_amax = k_amax, v_amax
-        self.log, self.detectors = log_, detectors
-        self.noise, self.generator = noise, generator
-        self.k: kvstore.Packed | None = None
-        self.v: kvstore.Packed | None = None
-        self._k_work: torch.Tensor | None = None
-        self._v_work: torch.Tensor | None = None
-        """What attention reads: the stored values dequantized, one new run at a time (a GPU kernel dequantizes
-        tile by tile on the fly; on CPU this scratch copy of the request in flight keeps a decode step from
-        dequantizing the whole cache again). Never counted in the bytes: `k` and `v` are what is stored."""
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        self.dtype, self.device = key_states.dtype, key_states.device
-        self.is_initialized = True
-
-    def load(self, k: kvstore.Packed, v: kvstore.Packed, dtype: torch.dtype = torch.float32) -> None:
-        """Starts the layer from stored runs (prefix-cache blocks), before any update."""
-        self.k, self.v = k, v
-        self._k_work, self._v_work = kvstore.unpack(k, dtype)[None], kvstore.unpack(v, dtype)[None]
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        if key_states.shape[0] != 1:
-            raise ServeError("the qfleet engine stores one sequence per cache (batch 1)")
-        k, v = key_states[0], value_states[0]
-        start = self.get_seq_length()
-        k_mask = v_mask = None
-        if self.kv_format != "bf16":
-            k_detector, v_detector = self.detectors or (None, None)
-            k_mask, k_reasons = kvstore.fallback_entries(k.abs().amax(dim=-1), self.k_amax, k_detector)
-            v_mask, v_reasons = kvstore.fallback_entries(v.abs().amax(dim=-1), self.v_amax, v_detector)
-            self.log.record(start, kvstore.merge_reasons(k_reasons, v_reasons))
-            if self.noise > 0:
-                k = k + torch.randn(k.shape, generator=self.generator) * (self.noise * self.k_amax)
-                v = v + torch.randn(v.shape, generator=self.generator) * (self.noise * self.v_amax)
-        pk = kvstore.pack(k, self.kv_format, self.k_amax, k_mask)
-        pv = kvstore.pack(v, self.kv_format, self.v_amax, v_mask)
-        self.k = pk if self.k is None else kvstore.concat([self.k, pk])
-        self.v = pv if self.v is None else kvstore.concat([self.v, pv])
-        dtype = key_states.dtype
-        new_k, new_v = kvstore.unpack(pk, dtype)[None], kvstore.unpack(pv, dtype)[None]
-        self._k_work = new_k if self._k_work is None else torch.cat([self._k_work, new_k], dim=-2)
-        self._v_work = new_v if self._v_work is None else torch.cat([self._v_work, new_v], dim=-2)
-        return self._k_work, self._v_work
-
-    def get_seq_length(self) -> int:
-        return 0 if self.k is None else self.k.tokens
-
-    def get_max_length(self) -> int:
-        return -1
-
-    def reset(self) -> None:
-        self.k = self.v = None
-        self._k_work = self._v_work = None
-        self.is_initialized = False
-
-    @property
-    def nbytes(self) -> int:
-        scales = 2 * kvstore.SCALE_BYTES if self.kv_format != "bf16" else 0
-        return (0 if self.k is None else self.k.nbytes + self.v.nbytes + scales)  # type: ignore[union-attr]
-
-
-class StoredCache(Cache):
-    """A transformers Cache of `StoredLayer`s: one sequence's KV cache, really stored in its format."""
-
-    def __init__(self, layers: list[StoredLayer], log_: WriteLog) -> None:
-        super().__init__(layers=layers)  # type: ignore[arg-type]
-        self.write_log = log_
-
-    @property
-    def nbytes(self) -> int:
-        return sum(layer.nbytes for layer in self.layers)  # type: ignore[attr-defined]
-
-    def block(self, start: int, stop: int) -> tuple[list[tuple[kvstore.Packed, kvstore.Packed]], int]:
-        """Tokens [start, stop) of every layer as a prefix-cache payload, and its bytes."""
-        payload, nbytes = [], 0
-        for layer in self.layers:
-            k = kvstore.slice_tokens(layer.k, start, stop)  # type: ignore[attr-defined]
-            v = kvstore.slice_tokens(layer.v, start, stop)  # type: ignore[attr-defined]
-            payload.append((k, v))
-            nbytes += k.nbytes + v.nbytes
-        return payload, nbytes
-
-    def load_blocks(self, blocks: list[list[tuple[kvstore.Packed, kvstore.Packed]]]) -> None:
-        for index, layer in enumerate(self.layers):
-            ks = [block[index][0] for block in blocks]
-            vs = [block[index][1] for block in blocks]
-            layer.load(kvstore.concat(ks), kvstore.concat(vs))  # type: ignore[attr-defined]
-
-
 # -- the engine -------------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -248,6 +133,8 @@ class Generation:
     ttft: float
     duration: float
     sampled: bool = False
+    kv_entries: int = 0
+    fallback_entries: int = 0
 
 
 class Engine:
@@ -273,10 +160,11 @@ class Engine:
         self.detectors = [(kvstore.OutlierDetector(config.outlier_factor), kvstore.OutlierDetector(config.outlier_factor))
                           for _ in range(self.layers)]
         self.generator = torch.Generator().manual_seed(1234)
+        self.score_generator = torch.Generator().manual_seed(4321)
         self.requests = 0
         self.in_flight_bytes = 0
         self._lock = threading.Lock()
-        self._quality: queue.Queue[tuple[list[int], int, torch.Tensor] | None] = queue.Queue(QUALITY_QUEUE)
+        self._quality: queue.Queue[list[int] | None] = queue.Queue(QUALITY_QUEUE)
         self.quality_dropped = 0
         self.quality_done = 0
         self._worker = threading.Thread(target=self._quality_loop, name="qfleet-quality", daemon=True)
@@ -285,21 +173,14 @@ class Engine:
 
     # -- caches --
 
-    def new_cache(self, kv_format: str | None = None) -> StoredCache:
-        """An empty cache in this engine's format (or `kv_format`, e.g. bf16 for the quality reference)."""
-        fmt = kv_format or self.config.kv_format
-        write_log = WriteLog()
-        layers = []
-        for i in range(self.layers):
-            layer_fmt = kvstore.HIGHER_PRECISION if i in self.config.fallback_layers else fmt
-            if layer_fmt == "bf16":
-                layers.append(StoredLayer(i, "bf16", 0.0, 0.0, write_log, None))
-                continue
-            k_amax, v_amax = self.config.amax[i]  # type: ignore[index]
-            scale = self.config.faults.kv_scale
-            layers.append(StoredLayer(i, layer_fmt, k_amax * scale, v_amax * scale, write_log, self.detectors[i],
-                                      self.config.faults.quality_noise, self.generator))
-        return StoredCache(layers, write_log)
+    def new_cache(self, kv_format: str | None = None, rescoring: bool = False) -> StoredCache:
+        """An empty cache of the served plan (or all `kv_format`, e.g. bf16 for the quality reference). A cache for
+        rescoring a request has no outlier detectors (their state belongs to the traffic) and its own noise
+        generator (the fault switch), so the quality thread never touches the serving thread's state."""
+        c = self.config
+        return build_cache(self.layers, kv_format or c.kv_format, c.amax, c.fallback_layers, c.faults.kv_scale,
+                           None if rescoring else self.detectors, c.faults.quality_noise,
+                           self.score_generator if rescoring else self.generator)
 
     def _set_bytes_gauge(self) -> None:
         self.sink.set(m.KV_CACHE_BYTES, self.prefix.used_bytes + self.in_flight_bytes)
@@ -331,9 +212,9 @@ class Engine:
         if found.hits:
             cache.load_blocks(found.payloads)
         reused = found.hits * B
-        logits_steps: list[torch.Tensor] = []
         out = self.model(input_ids=torch.tensor([ids[reused:]]), past_key_values=cache, use_cache=True)
         written, fallback = len(ids) - reused, len(cache.write_log.take())
+        entries, fallback_entries = cache.write_log.take_entries()
         for b in range(found.hits, len(keys)):
             payload, nbytes = cache.block(b * B, (b + 1) * B)
             with self._lock:
@@ -343,7 +224,6 @@ class Engine:
         ttft = 0.0
         last = time.monotonic()
         for step in range(max_tokens):
-            logits_steps.append(torch.log_softmax(logits, dim=-1))
             token = int(logits.argmax())
             now = time.monotonic()
             if step == 0:
@@ -357,13 +237,18 @@ class Engine:
             out = self.model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True)
             written += 1
             fallback += len(cache.write_log.take())
+            more, more_fallback = cache.write_log.take_entries()
+            entries, fallback_entries = entries + more, fallback_entries + more_fallback
             logits = out.logits[0, -1].float()
             self.in_flight_bytes = cache.nbytes
+            self._set_bytes_gauge()
         self.sink.observe(m.TIME_TO_FIRST_TOKEN, ttft)
         kv_bytes, kv_tokens = cache.nbytes, cache.get_seq_length()
         self.in_flight_bytes = 0
         self.sink.add(m.KV_TOKENS, written)
         self.sink.add(m.KV_FALLBACK_TOKENS, fallback)
+        self.sink.add(m.KV_ENTRIES, entries)
+        self.sink.add(m.KV_FALLBACK_ENTRIES, fallback_entries)
         self.sink.add(m.PREFIX_CACHE_HITS, found.hits)
         self.sink.add(m.PREFIX_CACHE_MISSES, found.misses)
         self.sink.set(m.KV_BYTES_PER_TOKEN, kv_bytes / max(1, kv_tokens))
@@ -371,10 +256,11 @@ class Engine:
         self.requests += 1
         sampled = self._sample()
         if sampled:
-            self._enqueue_quality(ids + generated, len(ids), torch.stack(logits_steps))
+            self._enqueue_quality(ids)
         text = self.tokenizer.decode(generated, skip_special_tokens=True)
         return Generation(text, len(ids), len(generated), found.hits, found.misses, fallback, kv_bytes, kv_tokens,
-                          ttft, time.monotonic() - t0, sampled)
+                          ttft, time.monotonic() - t0, sampled,
+                          kv_entries=entries, fallback_entries=fallback_entries)
 
     def warm_up(self) -> None:
         """One short generation before the server says ready, counted nowhere: the first call pays torch's lazy
@@ -411,24 +297,15 @@ class Engine:
             return False
         return math.floor(self.requests * share) > math.floor((self.requests - 1) * share)
 
-    def _enqueue_quality(self, ids: list[int], prompt_tokens: int, logprobs: torch.Tensor) -> None:
+    def _enqueue_quality(self, ids: list[int]) -> None:
         try:
-            self._quality.put_nowait((ids, prompt_tokens, logprobs))
+            self._quality.put_nowait(ids)
         except queue.Full:
             self.quality_dropped += 1
 
-    def quality_divergence(self, ids: list[int], prompt_tokens: int, logprobs: torch.Tensor) -> tuple[float, float]:
-        """(mean KL(bf16 || served) in nats, top-1 agreement) over the generated positions, the reference being the
-        same tokens recomputed with BF16 KV."""
-        steps = logprobs.shape[0]
-        with torch.inference_mode():
-            cache = self.new_cache("bf16")
-            out = self.model(input_ids=torch.tensor([ids[: prompt_tokens + steps - 1]]), past_key_values=cache,
-                             use_cache=True)
-            reference = torch.log_softmax(out.logits[0, prompt_tokens - 1: prompt_tokens - 1 + steps].float(), dim=-1)
-        kl = (reference.exp() * (reference - logprobs)).sum(dim=-1).clamp(min=0.0)
-        agree = (reference.argmax(-1) == logprobs.argmax(-1)).float()
-        return float(kl.mean()), float(agree.mean())
+    def rescore(self, ids: list[int]) -> quality.Score:
+        """The prompt `ids` predicted with the served plan and with BF16 KV (`quality`: evaluate's definition)."""
+        return quality.score_text(self.model, ids, self.new_cache(rescoring=True), self.new_cache("bf16", True))
 
     def _quality_loop(self) -> None:
         while True:
@@ -436,9 +313,13 @@ class Engine:
             if item is None:
                 return
             try:
-                kl, top1 = self.quality_divergence(*item)
-                self.sink.observe(m.QUALITY_KL, kl)
-                self.sink.observe(m.QUALITY_TOP1, top1)
+                score = self.rescore(item)
+                if score.scored:
+                    self.sink.add(m.QUALITY_SCORED_TOKENS, score.scored)
+                    self.sink.add(m.QUALITY_LOST_TOKENS, score.lost)
+                    self.sink.add(m.QUALITY_GAINED_TOKENS, score.gained)
+                    self.sink.observe(m.QUALITY_KL, score.kl_sum / score.scored)
+                    self.sink.observe(m.QUALITY_TOP1, score.agree / score.scored)
                 self.quality_done += 1
             except Exception:  # noqa: BLE001 - a failed sample must not stop the worker
                 log.exception("quality sample failed")

@@ -1,18 +1,21 @@
-"""`qfleet-runtime evaluate`: the quality of the model with its KV cache in --kv-format against --baseline-kv-format.
+"""`qfleet-runtime evaluate`: the quality of what `serve` would serve with --kv-format against --baseline-kv-format.
 
-On the held-out text shipped in the package (datasets.heldout_text, ~7k tokens, in windows of --eval-seq-len) the
-model runs twice per window, once with the baseline KV format and once with the candidate's (qfleet kvquant fake
-quantization, with the per-layer amax from <artifacts>/calibrate-report.json when calibration wrote one, else the
-tensor's own amax). Measured: perplexity of both, mean next-token KL(baseline || candidate) in nats per token,
-top-1 agreement, next-token accuracy of both, and a 32-item multiple-choice task. With --bf16-fallback-layers (never
-rendered by the operator) the calibration's fallbackLayers keep bf16 KV in the candidate, as `serve` stores them.
+The candidate is the served plan itself (`stored_cache.build_cache`, as `serve` builds it): K and V really stored in
+the format with the calibrated per-layer amax from <artifacts>/calibrate-report.json, the calibration's
+`fallbackLayers` in bf16, and the per-entry precision fallbacks (entries above the calibrated amax kept in bf16).
+Without a calibration report each tensor's own amax is used (`scales: dynamic`; serve refuses that). On the held-out
+text shipped in the package (datasets.heldout_text, ~7k tokens, in windows of --eval-seq-len, or --eval-text) each
+window is prefilled through a fresh cache of each plan, and `quality.compare` scores it. Measured: perplexity of both,
+mean next-token KL(baseline || candidate) in nats per token, top-1 agreement, next-token accuracy of both, the
+fallback rate of the windows, and a 32-item multiple-choice task.
 
 score         = the candidate's next-token accuracy on the held-out text (0..1)
 baselineScore = the baseline's
-qualityDrop   = baselineScore - score   (0.01 is one point in a hundred; the operator's gate compares it)
+qualityDrop   = baselineScore - score   (0.01 is one point in a hundred; the operator's gate compares it, and the live
+                gate computes the same difference on served prompts: qfleet_runtime.quality)
 
 QFLEET_FAULT_QUALITY_DROP=x damages the candidate for real: Gaussian noise with standard deviation x * amax is added
-to every K and V after quantization (a seeded generator), so the reported drop is measured, not copied from x.
+to every K and V before they are stored (a seeded generator), as serve does, so the reported drop is measured.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from typing import Any
 
 from qfleet.formats import UnknownFormatError, kv_format
 
-from . import kvquant, measure, model_recipe
+from . import kvstore, measure, model_recipe, quality
+from .stored_cache import build_cache
 from .calibrate import REPORT as CALIBRATION_REPORT
 from .common import StepError, Timer, device, fault_quality_noise, resolve_model, write_report
 from .datasets import heldout_text, task_items
@@ -42,9 +46,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             names.append(kv_format(name).name)
         except UnknownFormatError as error:
             raise StepError(str(error)) from None
-        if name not in kvquant.FAKE_QUANT_FORMATS:
-            raise StepError(f"KV format {name} cannot be evaluated: no fake quantization for it "
-                            f"(one of {', '.join(kvquant.FAKE_QUANT_FORMATS)})")
+        if name not in kvstore.STORED_FORMATS:
+            raise StepError(f"KV format {name} cannot be evaluated: the qfleet backend cannot store it "
+                            f"(one of {', '.join(kvstore.STORED_FORMATS)})")
     candidate_name, baseline_name = names
     noise = fault_quality_noise()
 
@@ -57,43 +61,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     artifacts.mkdir(parents=True, exist_ok=True)
     model, tokenizer = model_recipe.load(model_path)
     model.to(torch_device)
-    kvquant.install(model)
+    model.set_attn_implementation("sdpa")
     layers = measure.num_layers(model)
 
     calibration = Path(args.calibration or args.artifacts)
     amax, scales = _calibrated_amax(calibration, candidate_name, layers)
-    bf16_layers = _fallback_layers(calibration) if getattr(args, "bf16_fallback_layers", False) else frozenset()
-    candidate_plans = {i: kvquant.LayerPlan("bf16") if i in bf16_layers else
-                       kvquant.LayerPlan(candidate_name, *(amax[i] if amax else (None, None)))
-                       for i in range(layers)}
-    generator = torch.Generator(device=torch_device).manual_seed(1234)
-    candidate = kvquant.KvQuantizer(plans=candidate_plans, noise=noise, generator=generator)
-    baseline = kvquant.KvQuantizer(default=kvquant.LayerPlan(baseline_name))
+    bf16_layers = _fallback_layers(calibration) if candidate_name != "bf16" else frozenset()
+    generator = torch.Generator().manual_seed(1234)
 
-    ids = tokenizer(heldout_text(), return_tensors="pt").input_ids[0]
+    def candidate():  # type: ignore[no-untyped-def]
+        return build_cache(layers, candidate_name, amax, bf16_layers, noise=noise, generator=generator)
+
+    def baseline():  # type: ignore[no-untyped-def]
+        return build_cache(layers, baseline_name, amax if baseline_name == candidate_name else None)
+
+    text = Path(args.eval_text).read_text() if getattr(args, "eval_text", None) else heldout_text()
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
     if args.eval_tokens:
         ids = ids[: args.eval_tokens]
     window = max(2, args.eval_seq_len)
-    totals = {"tokens": 0, "nll_base": 0.0, "nll_cand": 0.0, "kl": 0.0, "agree": 0, "acc_base": 0, "acc_cand": 0}
+    total, entries, fallback_entries = quality.Score(), 0, 0
     for start in range(0, len(ids) - 1, window):
-        x = ids[start: start + window].unsqueeze(0)
-        if x.shape[1] < 2:
+        x = ids[start: start + window]
+        if len(x) < 2:
             break
-        ref = measure.logprobs(model, x, baseline)
-        cand = measure.logprobs(model, x, candidate)
-        targets = x[0, 1:].to(ref.device)
-        ref_p, cand_p = ref[:-1], cand[:-1]
-        totals["tokens"] += len(targets)
-        totals["nll_base"] -= float(ref_p.gather(1, targets[:, None]).sum())
-        totals["nll_cand"] -= float(cand_p.gather(1, targets[:, None]).sum())
-        totals["kl"] += float(measure.kl_per_token(ref_p, cand_p).sum())
-        totals["agree"] += int((ref_p.argmax(-1) == cand_p.argmax(-1)).sum())
-        totals["acc_base"] += int((ref_p.argmax(-1) == targets).sum())
-        totals["acc_cand"] += int((cand_p.argmax(-1) == targets).sum())
-    n = totals["tokens"]
+        served = candidate()
+        total += quality.score_text(model, x, served, baseline())
+        more, more_fallback = served.write_log.take_entries()
+        entries, fallback_entries = entries + more, fallback_entries + more_fallback
+    n = total.scored
     if n == 0:
         raise StepError("the held-out text gave no tokens to score")
     task_base, task_cand = _task(model, tokenizer, baseline), _task(model, tokenizer, candidate)
+    totals = {"nll_base": total.baseline_nll, "nll_cand": total.nll, "kl": total.kl_sum, "agree": total.agree,
+              "acc_base": total.baseline_correct, "acc_cand": total.correct}
 
     baseline_score, score = totals["acc_base"] / n, totals["acc_cand"] / n
     metrics = {
@@ -103,6 +104,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "top1Agreement": _r(totals["agree"] / n),
         "nextTokenAccuracy": {"baseline": _r(baseline_score), "candidate": _r(score)},
         "task": {"items": len(task_items()), "baseline": _r(task_base), "candidate": _r(task_cand)},
+        "lostTokens": total.lost,
+        "gainedTokens": total.gained,
+        "fallbackRate": _r(fallback_entries / entries) if entries else 0.0,
     }
     summary: dict[str, Any] = {
         "kvFormat": candidate_name,
@@ -116,14 +120,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "top1Agreement": metrics["top1Agreement"],
         "taskScore": metrics["task"]["candidate"],
         "baselineTaskScore": metrics["task"]["baseline"],
+        "fallbackRate": metrics["fallbackRate"],
         "scales": scales,
         "tokens": n,
         "device": device_text,
     }
     if noise:
         summary["faultQualityNoise"] = noise
-    if bf16_layers:
-        summary["bf16Layers"] = sorted(bf16_layers)
+    summary["bf16Layers"] = sorted(bf16_layers)
     report = summary | {
         "step": "evaluate",
         "revision": args.revision,
@@ -135,6 +139,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "qualityDrop": "baselineScore - score",
             "kl": "mean KL(baseline || candidate) of the next-token distribution, nats per token",
             "scales": "calibrated: per-layer amax from calibrate-report.json; dynamic: each tensor's own amax",
+            "fallbackRate": "K/V entries of quantized layers kept at bf16 over all K/V entries of quantized layers",
+            "candidate": "the served plan: the format, the calibration's fallbackLayers in bf16, per-entry fallbacks",
         },
     }
     report_path = write_report(artifacts, REPORT, report | {"durationSeconds": timer.seconds})
@@ -168,8 +174,9 @@ def _fallback_layers(artifacts: Path) -> frozenset[int]:
     return frozenset(int(i) for i in json.loads(path.read_text()).get("fallbackLayers") or ())
 
 
-def _task(model, tokenizer, quantizer: kvquant.KvQuantizer) -> float:  # type: ignore[no-untyped-def]
-    """Share of items whose right answer has the highest log-likelihood (summed over its tokens)."""
+def _task(model, tokenizer, new_cache) -> float:  # type: ignore[no-untyped-def]
+    """Share of items whose right answer has the highest log-likelihood (summed over its tokens), each choice scored
+    through a fresh cache of the plan (`new_cache()`)."""
     import torch
 
     items = task_items()
@@ -180,7 +187,7 @@ def _task(model, tokenizer, quantizer: kvquant.KvQuantizer) -> float:  # type: i
         for choice in item["choices"]:
             full = tokenizer(item["context"] + choice, return_tensors="pt").input_ids[0]
             cut = len(context) if torch.equal(full[: len(context)], context) else len(context) - 1
-            lp = measure.logprobs(model, full.unsqueeze(0), quantizer)
+            lp = quality.logprobs(model, full, new_cache())
             targets = full[cut:].to(lp.device)
             scores.append(float(lp[cut - 1: len(full) - 1].gather(1, targets[:, None]).sum()))
         right += int(max(range(len(scores)), key=scores.__getitem__) == item["answer"])

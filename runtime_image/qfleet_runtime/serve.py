@@ -13,8 +13,10 @@ directory (under $TMPDIR; the artifact volume is mounted read-only in a pod):
   release of the system's fails with "'_thread.RLock' object has no attribute '_recursion_count'"), then the wheel's
   `nvidia_pytriton.libs`.
 
-Triton listens on --address (default 0.0.0.0, the pod's address) with --http-port, --grpc-port and
---metrics-port; /v2/health/ready turns true once the model is loaded. SIGTERM and SIGINT are passed on to Triton,
+Triton listens on --address (default 0.0.0.0, the pod's address) with --grpc-port and --metrics-port; on the CPU
+path its HTTP endpoint is on 127.0.0.1 (a free port) behind `front.Front` on --http-port, which stamps each request's
+arrival (`qfleet-arrival-ns`, forwarded to the model as a request parameter) so that latency counts Triton's queue;
+/v2/health/ready (through the front) turns true once the model is loaded. SIGTERM and SIGINT are passed on to Triton,
 which stops within --exit-timeout-secs; the working directory is removed and Triton's exit code returned.
 
 GPU path (target tensorrt-llm in the manifest; **not verified here**): `tritonserver` from PATH (the
@@ -29,6 +31,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from . import triton_repo
+from .front import ARRIVAL_HEADER, Front
 from .build import ENGINE_DIR, MANIFEST, TARGET_GPU, source_paths
 from .common import StepError
 
@@ -101,9 +105,19 @@ def model_repository(engine: Path, workdir: Path, overrides: dict[str, str]) -> 
     return workdir / "models"
 
 
-def command(binary: Path | str, repository: Path, backends: Path | None, args: argparse.Namespace) -> list[str]:
-    cmd = [str(binary), f"--model-repository={repository}",
-           f"--http-address={args.address}", f"--http-port={args.http_port}",
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def command(binary: Path | str, repository: Path, backends: Path | None, args: argparse.Namespace,
+            internal_http_port: int | None = None) -> list[str]:
+    """Triton's command line; with `internal_http_port` its HTTP endpoint is on 127.0.0.1 behind the front."""
+    http = ([f"--http-address={args.address}", f"--http-port={args.http_port}"] if internal_http_port is None else
+            ["--http-address=127.0.0.1", f"--http-port={internal_http_port}",
+             f"--http-header-forward-pattern={ARRIVAL_HEADER}"])
+    cmd = [str(binary), f"--model-repository={repository}", *http,
            f"--grpc-address={args.address}", f"--grpc-port={args.grpc_port}",
            "--allow-metrics=true", f"--metrics-address={args.address}", f"--metrics-port={args.metrics_port}",
            "--strict-readiness=true", f"--exit-timeout-secs={args.exit_timeout_secs}",
@@ -130,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     if manifest.get("kvFormat") != args.kv_format:
         raise StepError(f"{engine} was built for KV {manifest.get('kvFormat')}, not {args.kv_format}")
     workdir = Path(tempfile.mkdtemp(prefix=f"qfleet-serve-{args.revision}-"))
+    front: Front | None = None
     try:
         env = dict(os.environ)
         if manifest.get("target") == TARGET_GPU and not args.cpu:
@@ -140,7 +155,9 @@ def run(args: argparse.Namespace) -> int:
             backends = backend_directory(root, workdir)
             repository = model_repository(engine, workdir, serving_overrides(args))
             env["LD_LIBRARY_PATH"] = library_path(root)
-            cmd = command(root / "bin" / "tritonserver", repository, backends, args)
+            internal = free_port()
+            cmd = command(root / "bin" / "tritonserver", repository, backends, args, internal)
+            front = Front(args.address, args.http_port, internal).start()
         print(f"qfleet-runtime serve: {' '.join(cmd)}", file=sys.stderr, flush=True)
         child = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509 - only prctl
 
@@ -160,4 +177,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"qfleet-runtime serve: tritonserver exited with {code}", file=sys.stderr, flush=True)
         return code if code >= 0 else 128 - code
     finally:
+        if front is not None:
+            front.stop()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -16,7 +16,10 @@ from qfleet.api import metrics as m
 
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 
-LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
+LATENCY_BUCKETS = tuple(float(f"{0.01 * 1.05 ** i:.4g}") for i in range(190))
+"""Request latency and TTFT: 10 ms to about 101 s in steps of 5% (each bucket's upper bound 1.05x the one below, 4
+significant digits), so a p99 ratio of 1.2 spans three to four buckets and the rank interval on the ratio can tell it
+from 1.0. Strictly increasing (Triton refuses a metric whose boundaries are not)."""
 TOKEN_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0)
 KL_BUCKETS = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 RATIO_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
@@ -41,16 +44,22 @@ SPECS: dict[str, MetricSpec] = {spec.name: spec for spec in (
     MetricSpec(m.TIME_PER_OUTPUT_TOKEN, HISTOGRAM, "Seconds per generated token after the first",
                buckets=TOKEN_BUCKETS),
     MetricSpec(m.TOKENS, COUNTER, "Tokens by kind (prompt, generated)", ("kind",)),
+    MetricSpec(m.KV_ENTRIES, COUNTER, "K/V entries (one token, one KV head, K or V) written to quantized layers"),
+    MetricSpec(m.KV_FALLBACK_ENTRIES, COUNTER,
+               "Of those, entries kept at higher precision (calibrated scale exceeded or outlier): the fallback rate"),
     MetricSpec(m.KV_TOKENS, COUNTER, "Tokens whose K/V were written to the KV cache"),
     MetricSpec(m.KV_FALLBACK_TOKENS, COUNTER,
-               "Tokens written to the KV cache kept at higher precision (calibrated scale exceeded or outlier)"),
+               "Tokens with at least one K/V entry kept at higher precision in some quantized layer"),
     MetricSpec(m.KV_CACHE_BYTES, GAUGE, "KV cache bytes in use: prefix cache plus requests in flight"),
     MetricSpec(m.KV_BYTES_PER_TOKEN, GAUGE, "Measured KV bytes per token over all layers, as stored, last request"),
     MetricSpec(m.PREFIX_CACHE_HITS, COUNTER, "Prompt KV blocks served from the prefix cache"),
     MetricSpec(m.PREFIX_CACHE_MISSES, COUNTER, "Prompt KV blocks that had to be computed"),
-    MetricSpec(m.QUALITY_KL, HISTOGRAM, "Mean next-token KL (nats) of a sampled request against BF16 KV",
+    MetricSpec(m.QUALITY_SCORED_TOKENS, COUNTER, "Prompt positions of sampled requests scored (served plan, BF16 KV)"),
+    MetricSpec(m.QUALITY_LOST_TOKENS, COUNTER, "Scored positions BF16 KV predicts right and the served plan does not"),
+    MetricSpec(m.QUALITY_GAINED_TOKENS, COUNTER, "Scored positions the served plan predicts right and BF16 KV does not"),
+    MetricSpec(m.QUALITY_KL, HISTOGRAM, "Mean next-token KL (nats) of a sampled request's prompt, BF16 KV || served",
                buckets=KL_BUCKETS),
-    MetricSpec(m.QUALITY_TOP1, HISTOGRAM, "Share of a sampled request's next tokens agreeing with BF16 KV",
+    MetricSpec(m.QUALITY_TOP1, HISTOGRAM, "Share of a sampled request's prompt positions agreeing with BF16 KV",
                buckets=RATIO_BUCKETS),
 )}
 assert set(SPECS) == set(m.ALL), "the runtime must export exactly the contract's metrics"

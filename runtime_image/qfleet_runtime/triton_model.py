@@ -8,7 +8,8 @@ QFLEET_PYTHONPATH on sys.path (the backend's stub ignores PYTHONPATH) and delega
 
 Inputs: `text_input` (BYTES) and optional `max_tokens` (INT32), each [batch, 1]. Outputs: `text_output` (BYTES),
 `num_input_tokens`, `num_output_tokens`, `prefix_cache_hit_blocks` (INT32). The requests of one `execute` call run
-one after the other; each one's latency counts from the start of that call. The fault switch (QFLEET_FAULT_*) comes
+one after the other; each one's latency counts from its arrival at the pod (`request_start`: the parameter
+`qfleet-arrival-ns` that serve's HTTP front stamps), or, without it (gRPC), from the start of that call. The fault switch (QFLEET_FAULT_*) comes
 from the server's environment, which Triton passes to the stub.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ from . import engine as eng
 from .serving_metrics import TritonSink
 
 DEFAULT_MAX_TOKENS = 32
+ARRIVAL_PARAMETER = "qfleet-arrival-ns"
+"""front.ARRIVAL_HEADER, as Triton forwards it (front imports nothing the stub needs)."""
 
 
 def engine_config(parameters: dict[str, str]) -> eng.EngineConfig:
@@ -47,6 +51,19 @@ def engine_config(parameters: dict[str, str]) -> eng.EngineConfig:
         outlier_factor=number("outlier_factor", eng.DEFAULT_OUTLIER_FACTOR),
         quality_share=number("quality_sample_share", eng.DEFAULT_QUALITY_SHARE),
         faults=eng.Faults.from_env(), threads=int(number("threads", 0)))
+
+
+def request_start(parameters: str | None, execute_started: float, wall: Callable[[], float] = time.time,
+                  monotonic: Callable[[], float] = time.monotonic) -> float:
+    """When the request arrived, on the monotonic clock: from the front's wall-clock stamp (nanoseconds) in the
+    request parameters when there is one, else `execute_started`. Never later than `execute_started` (a stamp from a
+    clock that stepped forward is not believed beyond the work's own start)."""
+    try:
+        stamp = json.loads(parameters or "{}").get(ARRIVAL_PARAMETER)
+        arrival_wall = int(stamp) / 1e9
+    except (TypeError, ValueError, AttributeError):
+        return execute_started
+    return min(execute_started, monotonic() - max(0.0, wall() - arrival_wall))
 
 
 class QfleetModel:
@@ -72,13 +89,15 @@ class QfleetModel:
         responses = []
         for request in requests:
             try:
+                parameters = request.parameters() if hasattr(request, "parameters") else None
+                arrived = request_start(parameters, started)
                 texts = pb.get_input_tensor_by_name(request, "text_input").as_numpy().reshape(-1)
                 max_tensor = pb.get_input_tensor_by_name(request, "max_tokens")
                 limits = (max_tensor.as_numpy().reshape(-1) if max_tensor is not None
                           else np.full(len(texts), DEFAULT_MAX_TOKENS))
                 if len(limits) == 1 and len(texts) > 1:
                     limits = np.repeat(limits, len(texts))
-                rows = [self.engine.request(_text(t), int(n), started) for t, n in zip(texts, limits)]
+                rows = [self.engine.request(_text(t), int(n), arrived) for t, n in zip(texts, limits)]
                 shape = (len(rows), 1)
                 outputs = [
                     pb.Tensor("text_output", np.array([r.text.encode() for r in rows], dtype=np.object_).reshape(shape)),

@@ -34,6 +34,7 @@ GATES = {
     "p99LatencyRatio": {"max": "2", "abortAbove": "3", "minSamples": MIN_REQUESTS},
     # No fallbacks on BF16 KV: the Wilson upper bound of 0 in n tokens is under 0.5% from 540 tokens on.
     "fallbackRate": {"max": "0.005", "minSamples": 600},
+    # Scored prompt tokens of the canary: 4 a sampled request here ("The capital of France is").
     "qualityDrop": {"max": "0.05", "abortAbove": "0.2", "minSamples": 20},
 }
 SAMPLED = ("p99LatencyRatio", "fallbackRate", "qualityDrop")
@@ -159,7 +160,7 @@ def test_a_healthy_canary_is_promoted_through_three_steps_under_real_traffic(
         print("passed:", analysis)
         for gate in (g for g in analysis["gates"] if g["name"] in SAMPLED):
             assert gate["canarySamples"] >= gate["minSamples"] and float(gate["upper"]) <= float(gate["max"]), gate
-            if gate["name"] != "fallbackRate":
+            if gate["name"] == "p99LatencyRatio":  # the other two judge the canary alone
                 assert gate["stableSamples"] >= gate["minSamples"], gate
     done = read(objects, namespace, "smollm")
     assert {"20", "50"} <= seen_weights

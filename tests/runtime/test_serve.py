@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,14 +220,15 @@ def planner_bytes_per_token(kv: str) -> float:
     return float(kv_bytes_per_token(shape, kv_format(kv)))
 
 
-def fallback_rate(server: Server, prompts: list[str], max_tokens: int = 8) -> tuple[float, float]:
-    before = (server.value(contract.KV_FALLBACK_TOKENS), server.value(contract.KV_TOKENS))
+def fallback_rate(server: Server, prompts: list[str], max_tokens: int = 8) -> tuple[float, float, float]:
+    """(fallback tokens, the per-token share, the fallback rate: fallback entries over quantized entries)."""
+    names = (contract.KV_FALLBACK_TOKENS, contract.KV_TOKENS, contract.KV_FALLBACK_ENTRIES, contract.KV_ENTRIES)
+    before = [server.value(name) for name in names]
     for prompt in prompts:
         server.generate(prompt, max_tokens)
-    fallback = server.value(contract.KV_FALLBACK_TOKENS) - before[0]
-    written = server.value(contract.KV_TOKENS) - before[1]
-    assert written > 0
-    return fallback, fallback / written
+    fallback, written, fallback_entries, entries = (server.value(n) - b for n, b in zip(names, before))
+    assert written > 0 and entries > 0
+    return fallback, fallback / written, fallback_entries / entries
 
 
 def prefix_hit_rate(server: Server) -> float:
@@ -313,11 +315,40 @@ class TestFp8:
     def test_the_fallback_counter_rises_when_the_fault_switch_shrinks_the_scales(
             self, server: Server, artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
         prompts = [LONG_PROMPT, DOCUMENTS[0]]
-        _, normal = fallback_rate(server, prompts)
+        _, normal, normal_entries = fallback_rate(server, prompts)
         with serving(artifacts("fp8"), "fp8", tmp_path, env={"QFLEET_FAULT_KV_SCALE": "0.5"}) as faulty:
-            count, rate = fallback_rate(faulty, prompts)
+            count, rate, entry_rate = fallback_rate(faulty, prompts)
             assert count > 0
             assert rate > max(0.5, 2 * normal), (rate, normal)
+        # The gate's rate (per entry) puts the healthy server under the default 0.5% and the stale calibration above.
+        assert normal_entries < 0.005 < entry_rate, (normal_entries, entry_rate)
+
+    def test_latency_counts_from_arrival_including_the_wait_behind_another_request(self, server: Server) -> None:
+        """B arrives while A is being generated, so it waits in Triton's queue; its latency starts at arrival (the
+        HTTP front's stamp), not when `execute` picks it up: the server's sum matches what the clients saw."""
+        names = (contract.REQUEST_DURATION + "_sum", contract.REQUEST_DURATION + "_count")
+        before = [server.value(name) for name in names]
+        idle_bytes = server.value(contract.KV_CACHE_BYTES)
+        seen: dict[str, float] = {}
+
+        def timed(key: str, prompt: str, tokens: int) -> None:
+            t0 = time.monotonic()
+            server.generate(prompt, tokens)
+            seen[key] = time.monotonic() - t0
+
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(timed, "a", DOCUMENTS[1], 32)
+            deadline = time.monotonic() + 60
+            while server.value(contract.KV_CACHE_BYTES) <= idle_bytes:  # A is in its decode loop
+                assert time.monotonic() < deadline and not first.done(), "A never showed its KV bytes in flight"
+            second = pool.submit(timed, "b", DOCUMENTS[2], 4)
+            first.result(), second.result()
+        total, count = (server.value(n) - b for n, b in zip(names, before))
+        assert count == 2
+        client = seen["a"] + seen["b"]
+        # Timed from execute, B would miss the rest of A (a second or more on CPU); the front and the client's own
+        # overhead are a few milliseconds.
+        assert client - 0.25 <= total <= client + 0.05, (total, seen)
 
 
 # -- NVFP4 (and BF16 on the same prefix-cache budget) -----------------------------------------------------------------

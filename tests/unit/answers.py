@@ -1,6 +1,8 @@
 """Prometheus' answers to an analysis's queries, made from a description of the traffic: what the unit tables feed the
-gates. Latencies are log-normal, spread over the runtime's latency buckets; live quality is each scored request's
-top-1 agreement, 1.0 or 0.75 (one of four next tokens differs), mixed to the mean asked."""
+gates. Latencies are log-normal, spread over the runtime's latency buckets; the fallback rate counts K/V entries
+(SmolLM2-135M: 30 layers x 3 KV heads x K and V = 180 a token); live quality counts scored prompt positions, of which a
+share `changed` predicts differently with the served plan than with BF16 KV, split into lost and gained so that
+(lost - gained) / scored is the drop asked."""
 from __future__ import annotations
 
 import math
@@ -14,7 +16,6 @@ from qfleet.pipeline.analysis import Measured
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
 """The runtime's latency buckets (qfleet_runtime.serving_metrics.LATENCY_BUCKETS) as this was written."""
-RATIO_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
 
 
 @dataclass(frozen=True)
@@ -23,10 +24,13 @@ class Traffic:
 
     requests: float
     median_seconds: float = 0.4
-    fallback_rate: float = 0.001
+    fallback_rate: float = 0.0002
     kv_tokens_per_request: float = 200
+    entries_per_token: float = 180
     scored_share: float = 0.1
-    top1: float = 0.95
+    scored_tokens_per_request: float = 100
+    drop: float = 0.0
+    changed: float = 0.05
 
     def latency(self) -> list[tuple[float, Decimal]]:
         spread = NormalDist(math.log(self.median_seconds), 0.5)
@@ -35,21 +39,19 @@ class Traffic:
 
     @property
     def scored(self) -> float:
-        return self.requests * self.scored_share
+        return self.requests * self.scored_share * self.scored_tokens_per_request
 
-    def quality(self) -> list[tuple[float, Decimal]]:
-        partial = self.scored * (1 - self.top1) / 0.25  # requests at 0.75; the rest agree fully
-        return [(le, _count(0 if le < 0.75 else partial if le < 1.0 else self.scored)) for le in RATIO_BUCKETS] + \
-            [(math.inf, _count(self.scored))]
+    def lost(self) -> Decimal:
+        return _count(self.scored * (self.changed + self.drop) / 2)
 
-    def quality_sum(self) -> Decimal:
-        return _count(self.scored * self.top1)
+    def gained(self) -> Decimal:
+        return _count(self.scored * (self.changed - self.drop) / 2)
 
-    def kv_tokens(self) -> Decimal:
-        return _count(self.requests * self.kv_tokens_per_request)
+    def kv_entries(self) -> Decimal:
+        return _count(self.requests * self.kv_tokens_per_request * self.entries_per_token)
 
     def fallbacks(self) -> Decimal:
-        return _count(self.requests * self.kv_tokens_per_request * self.fallback_rate)
+        return _count(self.requests * self.kv_tokens_per_request * self.entries_per_token * self.fallback_rate)
 
 
 def _count(value: float) -> Decimal:
@@ -58,13 +60,13 @@ def _count(value: float) -> Decimal:
 
 def window_answers(window: str, canary: Traffic, stable: Traffic) -> tuple[dict, dict]:
     values = {key(window, FALLBACK_RATE, "fallback"): canary.fallbacks(),
-              key(window, FALLBACK_RATE, "tokens"): canary.kv_tokens(),
-              key(window, QUALITY_DROP, "canary-sum"): canary.quality_sum(),
-              key(window, QUALITY_DROP, "stable-sum"): stable.quality_sum()}
+              key(window, FALLBACK_RATE, "entries"): canary.kv_entries(),
+              key(window, FALLBACK_RATE, "tokens"): _count(canary.requests * canary.kv_tokens_per_request),
+              key(window, QUALITY_DROP, "scored"): _count(canary.scored),
+              key(window, QUALITY_DROP, "lost"): canary.lost(),
+              key(window, QUALITY_DROP, "gained"): canary.gained()}
     histograms = {key(window, P99_LATENCY_RATIO, "canary"): canary.latency(),
-                  key(window, P99_LATENCY_RATIO, "stable"): stable.latency(),
-                  key(window, QUALITY_DROP, "canary"): canary.quality(),
-                  key(window, QUALITY_DROP, "stable"): stable.quality()}
+                  key(window, P99_LATENCY_RATIO, "stable"): stable.latency()}
     return values, histograms
 
 

@@ -3,7 +3,13 @@ from fractions import Fraction
 
 import pytest
 
-from qfleet.capacity import kv_bytes_per_sequence, kv_bytes_per_token, plan_capacity, weight_bytes
+from qfleet.capacity import (
+    kv_bytes_per_sequence,
+    kv_bytes_per_token,
+    mixed_kv_bytes_per_token,
+    plan_capacity,
+    weight_bytes,
+)
 from qfleet.formats import kv_format, weight_format
 from qfleet.gpus import GPUS
 from qfleet.shapes import KNOWN_SHAPES, CacheGroup, CacheKind, Checkpoint, ModelShape
@@ -242,3 +248,26 @@ def test_a_checkpoint_in_the_planned_format_weighs_exactly_its_index_total() -> 
 
     assert weight_bytes(shape, weight_format("fp8")) == 688_586_727_753
     assert weight_bytes(shape, weight_format("nvfp4")) == 671_026_419_200 * 9 // 16  # whole: 16 divides the count
+
+
+SMOLLM = KNOWN_SHAPES["hf://HuggingFaceTB/SmolLM2-135M-Instruct"]
+
+
+@pytest.mark.parametrize(("fmt", "higher", "layers", "expected"), [
+    # SmolLM2-135M: 30 layers x 3 KV heads x 64 x (K, V): 384 values a layer; bf16 768 B, fp8 384 B, nvfp4 216 B.
+    ("nvfp4", "bf16", 0, 6_480),
+    ("nvfp4", "bf16", 2, 28 * 216 + 2 * 768),
+    ("nvfp4", "fp8", 4, 26 * 216 + 4 * 384),
+    ("nvfp4", "bf16", 30, 23_040),
+    ("fp8", "bf16", 3, 27 * 384 + 3 * 768),
+])
+def test_a_mixed_plan_costs_its_fallback_layers_exactly(fmt: str, higher: str, layers: int, expected: int) -> None:
+    assert mixed_kv_bytes_per_token(SMOLLM, kv_format(fmt), kv_format(higher), layers) == expected
+    if layers == 0:
+        assert mixed_kv_bytes_per_token(SMOLLM, kv_format(fmt), kv_format(higher), 0) == kv_bytes_per_token(
+            SMOLLM, kv_format(fmt))
+
+
+def test_a_mixed_plan_refuses_more_fallback_layers_than_the_model_has() -> None:
+    with pytest.raises(ValueError):
+        mixed_kv_bytes_per_token(SMOLLM, kv_format("nvfp4"), kv_format("bf16"), 31)

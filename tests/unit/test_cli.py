@@ -19,15 +19,15 @@ NVFP4_EXAMPLE = str(REPO / "examples" / "llama-70b-nvfp4.yaml")
 NVFP4_ON_B200 = """\
 Model     hf://meta-llama/Llama-3.3-70B-Instruct: 80 layers, 8 KV heads, head dim 128, 70.55B parameters
 Replica   8 x B200 (179.06 GiB each, compute capability 10.0), tensor parallel 8
-Memory    1.4 TiB in all; nvfp4 weights 36.96 GiB; KV cache 0.9 of the rest = 1.23 TiB
+Memory    1.4 TiB in all; bf16 weights 131.42 GiB; KV cache 0.9 of the rest = 1.14 TiB
 Sequence  65,536 tokens (SEQUENCES: how many fit in the KV cache at once)
 
 KV FORMAT  BYTES/VALUE  KV/TOKEN  PER GPU    VS BF16  TOKENS/REPLICA  SEQUENCES  ON B200  NOTE
-bf16                 2  320 KiB   40 KiB     -             4,115,589         62  yes
-fp8                  1  160 KiB   20 KiB     -50%          8,231,178        125  yes
-int8                 1  160 KiB   20 KiB     -50%          8,231,178        125  yes
-nvfp4           0.5625  90 KiB    11.25 KiB  -71.88%      14,633,206        223  yes      requested
-mxfp4          0.53125  85 KiB    10.62 KiB  -73.44%      15,493,983        236  yes      comparison only
+bf16                 2  320 KiB   40 KiB     -             3,837,028         58  yes
+fp8                  1  160 KiB   20 KiB     -50%          7,674,056        117  yes
+int8                 1  160 KiB   20 KiB     -50%          7,674,056        117  yes
+nvfp4           0.5625  90 KiB    11.25 KiB  -71.88%      13,642,767        208  yes      requested
+mxfp4          0.53125  85 KiB    10.62 KiB  -73.44%      14,445,282        220  yes      comparison only
 
 nvfp4 stores 43.75% less than fp8 per token, not 50%: every 16 values share a one-byte scale.
 """
@@ -55,7 +55,7 @@ def test_json_output_carries_exact_bytes(capsys: pytest.CaptureFixture[str]) -> 
     assert per_token == {"bf16": 327_680, "fp8": 163_840, "int8": 163_840, "nvfp4": 92_160, "mxfp4": 87_040}
     nvfp4 = next(row for row in plan["formats"] if row["name"] == "nvfp4")
     assert nvfp4 == nvfp4 | {"bytesPerValue": "0.5625", "savingVsBf16": "0.71875", "requested": True, "runsOnGpu": True}
-    assert plan["memory"]["weightBytes"] == 39_686_459_904
+    assert plan["memory"]["weightBytes"] == 141_107_412_992
     assert (plan["gpusPerReplica"], plan["tensorParallel"], plan["sequenceLength"]) == (8, 8, 65_536)
 
 

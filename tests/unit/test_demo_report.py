@@ -41,7 +41,8 @@ def test_the_report_is_written_from_the_samples(tmp_path) -> None:
     samples = [sample_of(running, "x", 1),
                sample_of(model("c2", None, [{"revision": "c2", "outcome": "RolledBack", "analysis": ANALYSIS}]),
                          "x", 2)]
-    result = StoryResult("x", "a story", started=0, finished=3, passed=True, summary="rolled back")
+    result = StoryResult("x", "a story", started=0, finished=3, passed=True, summary="rolled back",
+                         formats={"nvfp4": "failed the evaluation at the default qualityDrop bound 0.01: drop 0.0169"})
     path = report.write(tmp_path, [result], samples, {"c2": {"kvCache": "fp8", "bytesPerToken": 11530.0,
                                                              "requests": 3.0}},
                         {"cpus": "2", "python": "Python 3", "platform": "Linux", "started": "t", "seconds": "3"},
@@ -50,6 +51,11 @@ def test_the_report_is_written_from_the_samples(tmp_path) -> None:
     assert "| 2 | 1% | Abort | 1 | 1.1 [0.8, +Inf] (max 2); n 1 / 40 | 1 [0.7, 1] (max 0.1); n 9; last interval | " \
         "no data |" in text
     assert "each bound one-sided at 0.95" in text
+    # The first paragraph names the gates: the defaults, and the one setting that differs (for a CPU reason).
+    first = text.split("\n\n")[1]
+    assert first.startswith("Gates: **the defaults**") and first.count("except one setting") == 1
+    assert "`p99LatencyRatio` max 2" in first and "qualityDrop max 0.01" in first and "fallbackRate max 0.005" in first
+    assert "| nvfp4 | failed the evaluation at the default qualityDrop bound 0.01: drop 0.0169 |" in text
     assert "| c2 | fp8 | 11,530 | 3 |" in text
     assert all((tmp_path / name).read_bytes()[:4] == b"\x89PNG" for name in ("weights.png", "gates.png",
                                                                               "capacity.png"))

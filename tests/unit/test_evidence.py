@@ -1,6 +1,6 @@
 """Verdicts from evidence: the runbook's step (1% for 72 hours) judged on what it accumulated, with the default
 settings, and the statistics under it (rank intervals of a quantile over histogram buckets, the Wilson interval, the
-difference of means)."""
+paired difference of accuracies)."""
 from __future__ import annotations
 
 import math
@@ -48,8 +48,12 @@ STEP_CASES = [
              Verdict.INCONCLUSIVE, P99_LATENCY_RATIO, "straddles its bound 1.2"),
     StepCase("a fallback rate of 1% fails its 0.5% bound", Traffic(CANARY_REQUESTS, fallback_rate=0.01), STABLE,
              Verdict.FAIL, FALLBACK_RATE),
-    StepCase("three points of top-1 agreement lost aborts", Traffic(CANARY_REQUESTS, top1=0.92), STABLE,
-             Verdict.ABORT, QUALITY_DROP),
+    StepCase("a fallback rate of 3% (per-token: nearly every token) fails", Traffic(CANARY_REQUESTS, fallback_rate=0.03),
+             STABLE, Verdict.FAIL, FALLBACK_RATE),
+    StepCase("a live quality drop of 2 points aborts at the default bound (abortAbove = max = 0.01)",
+             Traffic(CANARY_REQUESTS, drop=0.02), STABLE, Verdict.ABORT, QUALITY_DROP),
+    StepCase("a drop of 0.008 with many changed positions is too close to call",
+             Traffic(CANARY_REQUESTS, drop=0.008, changed=0.2), STABLE, Verdict.INCONCLUSIVE, QUALITY_DROP),
 ]
 
 
@@ -66,7 +70,7 @@ def test_the_runbook_step_at_1_percent_of_5_requests_a_second(case: StepCase) ->
 @pytest.mark.parametrize("requests", range(1, 8))
 @pytest.mark.parametrize("slower", [1.0, 0.5])
 def test_one_to_seven_requests_are_never_a_pass(requests: int, slower: float) -> None:
-    canary = Traffic(requests, median_seconds=0.4 * slower, top1=1.0, fallback_rate=0)
+    canary = Traffic(requests, median_seconds=0.4 * slower, changed=0.0, fallback_rate=0)
     verdict = judge(RUNBOOK.analysis, BOUNDS, answers(canary, STABLE, 1.0))
     assert verdict.verdict is Verdict.INCONCLUSIVE
     assert all(g.verdict is Verdict.INCONCLUSIVE for g in verdict.gates)
@@ -128,3 +132,26 @@ def test_the_interval_is_deterministic() -> None:
 
 def test_the_wilson_interval_is_exact_at_its_ends() -> None:
     assert proportion_interval(0, 140, 0.95).lower == 0.0 and proportion_interval(140, 140, 0.95).upper == 1.0
+
+
+@pytest.mark.parametrize(("fallback", "entries", "tokens", "value", "samples"), [
+    (2, 18_000, 100, 2 / 18_000, 100),   # the rate per entry, the tokens as the interval's sample size
+    (0, 0, 700, 0.0, 700),               # a BF16 revision quantizes nothing: rate 0 on its tokens
+    (0, 0, 0, None, 0),                  # no traffic: no data
+])
+def test_the_fallback_rate_is_per_entry_with_tokens_as_its_sample_size(
+        fallback: int, entries: int, tokens: int, value: float | None, samples: int) -> None:
+    from qfleet.evidence import key
+    from qfleet.evidence import estimates as estimate_all
+
+    bound = next(b for b in BOUNDS if b.name == FALLBACK_RATE)
+    values = {key("step", FALLBACK_RATE, "fallback"): Decimal(fallback),
+              key("step", FALLBACK_RATE, "entries"): Decimal(entries),
+              key("step", FALLBACK_RATE, "tokens"): Decimal(tokens)}
+    found = estimate_all([bound], "step", values, {}, Decimal("0.95"))[FALLBACK_RATE]
+    assert (None if found.value is None else float(found.value)) == (None if value is None else pytest.approx(value, rel=1e-3))
+    assert found.canary_samples == samples
+    if value is not None:
+        assert found.lower <= Decimal(repr(value)) <= found.upper
+    if entries:  # never as sure as if every entry were an independent sample
+        assert float(found.upper) >= proportion_interval(fallback, entries, 0.95).upper

@@ -68,9 +68,6 @@ ADMIT_CASES = [
     AdmitCase("fp8 on A100 (8.0) is refused", spec_with(quantization__kvCache="fp8"), nodes(("A100", 8)), None,
               message_has=("8.9", "8.0")),
     AdmitCase("int8 on A100", spec_with(quantization__kvCache="int8"), nodes(("A100", 8)), "int8", (8, 0)),
-    AdmitCase("nvfp4 weights need Blackwell even with a bf16 cache",
-              spec_with(quantization={"weights": "nvfp4", "kvCache": "bf16"}), nodes(("H100", 8)), None,
-              message_has=("weights nvfp4",)),
     AdmitCase("too few GPUs per node", SPEC, nodes(("B200", 4)), None, message_has=("gpusPerReplica", "8", "4")),
     AdmitCase("selector matches nothing", spec_with(nodePool__nodeSelector={"pool": "none"}), nodes(("B200", 8)),
               None, message_has=("nodeSelector",)),
@@ -241,7 +238,41 @@ def test_status_records_results_and_provenance() -> None:
     assert status["calibration"]["modelOptVersion"] == "0.47.0"
     assert status["calibration"]["samples"] == 64
     assert status["engine"]["computeCapability"] == "10.0"
-    assert status["capacity"]["kvBytesPerToken"] == 92_160
+    assert status["capacity"]["kvBytesPerToken"] == 79 * 1_152 + 4_096  # layer 3 keeps bf16 KV: 95,104
+
+
+PROVENANCE_CASES = [
+    # (what the calibration Job reported, status.calibration's dataset fields, what the Calibrated message adds)
+    ({"datasetUsed": "cnn_dailymail", "datasetHash": "sha256:cd"}, ("cnn_dailymail", None, "sha256:cd"), None),
+    ({"datasetUsed": "builtin", "datasetHash": "sha256:b1", "datasetNote": "cnn_dailymail cannot be downloaded"},
+     ("builtin", "cnn_dailymail", "sha256:b1"),
+     "calibration dataset cnn_dailymail could not be loaded, so builtin (sha256:b1) was substituted"),
+    ({"datasetHash": "sha256:00"}, ("cnn_dailymail", None, "sha256:00"), None),  # an older runtime: no datasetUsed
+]
+
+
+@pytest.mark.parametrize(("summary", "fields", "says"), PROVENANCE_CASES)
+def test_status_names_the_dataset_actually_used(summary: dict, fields: tuple, says: str | None) -> None:
+    calibrated = job(Step.CALIBRATE, JobState.SUCCEEDED, summary={
+        "kvFormat": "nvfp4", "worstLayer": 3, "worstLayerKL": 0.02, "fallbackLayers": [3], **summary})
+    status = decide(observed(jobs=jobs(calibrated))).status
+    calibration = status["calibration"]
+    assert (calibration["dataset"], calibration.get("datasetRequested"), calibration["datasetHash"]) == fields
+    message = next(c["message"] for c in status["conditions"] if c["type"] == "Calibrated")
+    assert (says in message) if says else ("substituted" not in message)
+
+
+def test_the_capacity_plan_pays_for_the_calibrations_fallback_layers() -> None:
+    """Llama 3.3 70B in NVFP4 on B200: 92,160 KV bytes a token; with 2 of its 80 layers kept in bf16 the plan costs
+    78 x 1,152 + 2 x 4,096 bytes a layer-token (8 KV heads x 128 x K and V), and holds fewer tokens in proportion."""
+    calibrated = job(Step.CALIBRATE, JobState.SUCCEEDED, summary={
+        "kvFormat": "nvfp4", "worstLayer": 3, "worstLayerKL": 0.02, "fallbackLayers": [3, 7]})
+    plain = decide(observed(jobs=jobs(job(Step.CALIBRATE, JobState.RUNNING)))).status["capacity"]
+    mixed = decide(observed(jobs=jobs(calibrated, BUILT))).status["capacity"]
+    assert plain["kvBytesPerToken"] == 92_160
+    assert mixed["kvBytesPerToken"] == 78 * 1_152 + 2 * 4_096 == 98_048
+    assert mixed["maxTokensPerReplica"] == int(plain["maxTokensPerReplica"] * 92_160 / 98_048)
+    assert "2 fallback layer(s) [3, 7] keep bf16 KV" in mixed["message"]
 
 
 def test_rollout_only_edits_keep_the_jobs() -> None:

@@ -43,8 +43,10 @@ def test_every_gate_reads_the_step_window_and_abort_bounds_also_the_last_interva
     asked = queries(effective_gates(spec.analysis), STEP, WINDOW)
     assert asked.values["step/ttft/value"] == "q259200s" and asked.values["interval/ttft/value"] == "q300s"
     assert set(asked.histograms) == {f"{window}/{gate}/{side}" for window in ("step", "interval")
-                                     for gate in ("p99LatencyRatio", "qualityDrop") for side in ("canary", "stable")}
-    assert {"step/fallbackRate/fallback", "step/fallbackRate/tokens", "step/requests/canary"} <= set(asked.values)
+                                     for gate in ("p99LatencyRatio",) for side in ("canary", "stable")}
+    assert {"step/fallbackRate/fallback", "step/fallbackRate/entries", "step/requests/canary"} <= set(asked.values)
+    assert {f"{window}/qualityDrop/{part}" for window in ("step", "interval") for part in ("scored", "lost", "gained")
+            } <= set(asked.values), "live quality reads the canary's own counts, as evaluate does"
     assert not any(k.startswith("interval/fallbackRate") for k in asked.values), "no abort bound: no fast signal"
     assert all("259200s" in q for k, q in {**asked.values, **asked.histograms}.items() if k.startswith("step/"))
     assert all("300s" in q for k, q in {**asked.values, **asked.histograms}.items() if k.startswith("interval/"))

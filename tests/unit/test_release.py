@@ -210,8 +210,8 @@ def test_every_analysis_reads_the_step_since_it_started_and_the_last_interval_fo
     world.at(21).visit()
     first, second = world.asked[0], world.asked[1]
     assert f'qfleet_io_revision="{revision(NVFP4)}"' in first["step/requests/canary"]
-    assert "[10s]" in first["step/fallbackRate/tokens"] and "[20s]" in second["step/fallbackRate/tokens"]
-    assert "[10s]" in second["interval/qualityDrop/canary-sum"]
+    assert "[10s]" in first["step/fallbackRate/entries"] and "[20s]" in second["step/fallbackRate/entries"]
+    assert "[10s]" in second["interval/qualityDrop/scored"]
     analysis = world.status["canary"]["lastAnalysis"]
     assert analysis["verdict"] == "Pass" and analysis["since"] == "2026-11-23T12:00:01Z"  # step 1, now past
     p99 = next(g for g in analysis["gates"] if g["name"] == "p99LatencyRatio")
@@ -234,7 +234,7 @@ ROLLBACK_CASES = [
                  "p99LatencyRatio", ("p99LatencyRatio", "bound 1.2, abort bound 1.5", "4,000 canary and 40,000 stable")),
     RollbackCase("fallback rate fails twice", [answers(Traffic(4000, fallback_rate=0.05), STABLE)],
                  "FailureLimitReached", "fallbackRate", ("fallbackRate", "value 0.05", "bound 0.005")),
-    RollbackCase("quality drop above its abort bound", [answers(Traffic(4000, top1=0.75), STABLE)], "GateAborted",
+    RollbackCase("quality drop above its abort bound", [answers(Traffic(4000, drop=0.25), STABLE)], "GateAborted",
                  "qualityDrop", ("qualityDrop",)),
     RollbackCase("policy rollback: no data twice rolls back", [NO_DATA], "InconclusiveLimitReached",
                  "p99LatencyRatio", ("inconclusive",), HOLD_THEN_ROLLBACK),
@@ -459,5 +459,5 @@ def test_a_warm_up_leaves_the_steps_first_seconds_out_of_its_evidence_but_not_ou
     world.at(1).visit()  # step 1 starts
     world.at(11).visit()
     asked = world.asked[0]
-    assert "[6s]" in asked["step/requests/canary"] and "[10s]" in asked["interval/qualityDrop/canary-sum"]
+    assert "[6s]" in asked["step/requests/canary"] and "[10s]" in asked["interval/qualityDrop/scored"]
     assert world.status["canary"]["lastAnalysis"]["since"] == "2026-11-23T12:00:05Z"

@@ -15,7 +15,7 @@ from qfleet.revision import artifact_fields, revision_of
 
 BASE: dict[str, Any] = {
     "model": {"uri": "hf://meta-llama/Llama-3.3-70B-Instruct", "tokenSecretRef": {"name": "hf-token"}},
-    "quantization": {"weights": "nvfp4", "kvCache": "nvfp4"},
+    "quantization": {"weights": "bf16", "kvCache": "nvfp4"},
     "engine": {"maxSeqLen": 65536, "kvCacheFreeGpuMemoryFraction": "0.9"},
     "nodePool": {"gpusPerReplica": 8, "nodeSelector": {"nvidia.com/gpu.family": "blackwell"}},
     "serving": {"image": "ghcr.io/qfleet/qfleet-runtime:0.1.0", "replicas": 4},
@@ -45,7 +45,6 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
 
 EDIT_CASES = [
     EditCase("KV format", _set("quantization.kvCache", "fp8"), True, row="quantization.weights"),
-    EditCase("weight format", _set("quantization.weights", "fp8"), True, row="quantization.weights"),
     EditCase("model revision", _set("model.revision", "0123abc"), True, row="model.uri"),
     EditCase("model location", _set("model.uri", "hf://meta-llama/Llama-3.1-70B-Instruct"), True, row="model.uri"),
     EditCase("calibration samples", _set("quantization.calibration.samples", 1024), True, row="quantization.calibration"),
@@ -100,7 +99,7 @@ def test_only_artifact_edits_change_the_revision(case: EditCase) -> None:
 
 def test_key_order_does_not_matter() -> None:
     reordered = {key: BASE[key] for key in reversed(list(BASE))}
-    reordered["quantization"] = {"kvCache": "nvfp4", "weights": "nvfp4"}
+    reordered["quantization"] = {"kvCache": "nvfp4", "weights": "bf16"}
 
     assert revision_of(parse_spec(reordered)) == BASE_REVISION
 

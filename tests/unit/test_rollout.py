@@ -119,7 +119,7 @@ class AnalysisCase:
 
 
 GOOD = {P99_LATENCY_RATIO: sure("1.05", "0.98", "1.1"), FALLBACK_RATE: sure("0.001", "0.0009", "0.0012", 90000, None),
-        QUALITY_DROP: sure("0.002", "-0.001", "0.005", 900, 9000)}
+        QUALITY_DROP: sure("0.002", "-0.001", "0.005", 9000, None)}
 ANALYSIS_CASES = [
     AnalysisCase("every gate passes", GOOD, 5000, Verdict.PASS, "every gate passed"),
     AnalysisCase("too few requests is inconclusive even when the gates pass", GOOD, 50, Verdict.INCONCLUSIVE,

@@ -16,11 +16,17 @@ TIME_PER_OUTPUT_TOKEN = "qfleet_time_per_output_token_seconds"
 """Histogram: seconds per generated token after the first."""
 TOKENS = "qfleet_tokens_total"
 """Counter: tokens, label `kind` (prompt, generated)."""
+KV_ENTRIES = "qfleet_kv_entries_total"
+"""Counter: K/V entries written to quantized layers (the fallback rate's denominator). An entry is one token's K or V
+vector of one KV head in one layer whose planned format is not bf16: head_dim values stored at one precision."""
+KV_FALLBACK_ENTRIES = "qfleet_kv_fallback_entries_total"
+"""Counter: of those, entries kept at higher precision (bf16) because they exceeded the calibrated scale or tripped
+the outlier detector. Their ratio, the fallback rate, is the share of quantized KV values held at higher precision."""
 KV_TOKENS = "qfleet_kv_tokens_total"
-"""Counter: tokens whose K/V entries were written to the cache (the fallback rate's denominator)."""
+"""Counter: tokens whose K/V were written to the cache (the per-token series' denominator)."""
 KV_FALLBACK_TOKENS = "qfleet_kv_fallback_tokens_total"
-"""Counter: of those, tokens kept at higher precision in some layer because a K/V entry exceeded the calibrated scale
-or tripped the outlier detector (each token once); the fallback layers are always bf16 and not counted here."""
+"""Counter: of those, tokens with at least one fallback entry in some quantized layer (each token once): the
+per-token series, informational (no gate reads it); the fallback layers are always bf16 and not counted here."""
 KV_CACHE_BYTES = "qfleet_kv_cache_bytes"
 """Gauge: bytes of KV cache in use."""
 KV_BYTES_PER_TOKEN = "qfleet_kv_bytes_per_token"
@@ -29,13 +35,21 @@ PREFIX_CACHE_HITS = "qfleet_prefix_cache_hits_total"
 """Counter: prompt KV blocks served from the prefix cache."""
 PREFIX_CACHE_MISSES = "qfleet_prefix_cache_misses_total"
 """Counter: prompt KV blocks that had to be computed."""
+QUALITY_SCORED_TOKENS = "qfleet_quality_scored_tokens_total"
+"""Counter: prompt positions of sampled requests scored twice, with the served KV plan and with BF16 KV."""
+QUALITY_LOST_TOKENS = "qfleet_quality_lost_tokens_total"
+"""Counter: of those, positions whose next token BF16 KV predicts and the served plan does not."""
+QUALITY_GAINED_TOKENS = "qfleet_quality_gained_tokens_total"
+"""Counter: of those, positions whose next token the served plan predicts and BF16 KV does not. The live quality
+drop is (lost - gained) / scored: BF16's next-token accuracy minus the served plan's, evaluate's definition."""
 QUALITY_KL = "qfleet_quality_kl_divergence_nats"
-"""Histogram: next-token KL divergence (nats) of sampled requests recomputed with BF16 KV."""
+"""Histogram: mean next-token KL divergence (nats) of a sampled request's prompt, BF16 KV against the served plan."""
 QUALITY_TOP1 = "qfleet_quality_top1_agreement_ratio"
-"""Histogram: share of sampled requests' next-token argmax that agrees with BF16 KV (0..1)."""
+"""Histogram: share of a sampled request's prompt positions whose argmax agrees with BF16 KV (0..1)."""
 
-ALL = (REQUESTS, REQUEST_DURATION, TIME_TO_FIRST_TOKEN, TIME_PER_OUTPUT_TOKEN, TOKENS, KV_TOKENS, KV_FALLBACK_TOKENS,
-       KV_CACHE_BYTES, KV_BYTES_PER_TOKEN, PREFIX_CACHE_HITS, PREFIX_CACHE_MISSES, QUALITY_KL, QUALITY_TOP1)
+ALL = (REQUESTS, REQUEST_DURATION, TIME_TO_FIRST_TOKEN, TIME_PER_OUTPUT_TOKEN, TOKENS, KV_ENTRIES, KV_FALLBACK_ENTRIES,
+       KV_TOKENS, KV_FALLBACK_TOKENS, KV_CACHE_BYTES, KV_BYTES_PER_TOKEN, PREFIX_CACHE_HITS, PREFIX_CACHE_MISSES,
+       QUALITY_SCORED_TOKENS, QUALITY_LOST_TOKENS, QUALITY_GAINED_TOKENS, QUALITY_KL, QUALITY_TOP1)
 METRIC_LABELS = ("model", "kv_format")
 """Labels every qfleet metric carries, set by the runtime."""
 POD_LABELS = {"model": "qfleet_io_model", "revision": "qfleet_io_revision", "role": "qfleet_io_role"}

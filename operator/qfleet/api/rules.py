@@ -6,6 +6,10 @@ messages are exactly `CEL_MESSAGES`, so `kubectl apply` and `qfleet` explain a m
 
 KV_AUTO_NEEDS_LADDER = "kvCache: auto needs kvCacheLadder, the formats to try in order, e.g. [nvfp4, fp8, bf16]"
 KV_LADDER_ONLY_WITH_AUTO = "kvCacheLadder is read only when kvCache is auto: remove it, or set kvCache: auto"
+WEIGHTS_BF16_ONLY = (
+    "weights: only bf16 is served in this version (qfleet quantizes the KV cache, not the weights): "
+    "set weights: bf16 or leave it out"
+)
 STEPS_STRICTLY_INCREASE = (
     "step weights must strictly increase, e.g. 1, 10, 100: sort the steps and drop repeated weights"
 )
@@ -30,6 +34,7 @@ CEL_MESSAGES = frozenset(
     {
         KV_AUTO_NEEDS_LADDER,
         KV_LADDER_ONLY_WITH_AUTO,
+        WEIGHTS_BF16_ONLY,
         STEPS_STRICTLY_INCREASE,
         STEPS_END_AT_FULL_TRAFFIC,
         WEIGHT_RANGE,

@@ -90,6 +90,8 @@ class Quantization(SpecObject):
     layer_fallback: LayerFallback | None = None
 
     def violations(self) -> Iterator[FieldError]:
+        if self.weights != "bf16":
+            yield FieldError("weights", rules.WEIGHTS_BF16_ONLY)
         if self.kv_cache == AUTO and not self.kv_cache_ladder:
             yield FieldError("kvCacheLadder", rules.KV_AUTO_NEEDS_LADDER)
         if self.kv_cache != AUTO and self.kv_cache_ladder is not None:

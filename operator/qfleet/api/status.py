@@ -67,6 +67,9 @@ class CalibrationStatus(StepRecord):
     inputs_hash: str | None = None
     """`qfleet.revision.calibration_key`: a later revision with the same inputs reuses this calibration."""
     dataset: str | None = None
+    """The calibration dataset actually used: the requested one, or `builtin` when a hub dataset could not load."""
+    dataset_requested: str | None = None
+    """The spec's dataset, only when another one was used (`dataset`)."""
     dataset_hash: str | None = None
     samples: int | None = None
     model_opt_version: str | None = Field(default=None, alias="modelOptVersion")

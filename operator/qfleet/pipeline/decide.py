@@ -172,6 +172,7 @@ def _pipeline(visit: _Visit) -> None:
             return
         _plan(visit, admission)
         outcome = _run_steps(visit, admission)
+        status.capacity = records.with_fallback_layers(status.capacity, spec, status.calibration)
         if outcome is None or not isinstance(outcome, _QualityFailed) or not _has_next(spec, admission, rejected):
             return
         rejected.append((admission.kv_format, outcome.message))

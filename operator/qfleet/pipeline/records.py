@@ -8,6 +8,7 @@ Pure: the old status and what was observed of the Jobs come in; records come out
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -16,7 +17,16 @@ from typing import Any
 from qfleet.api.conditions import StepOutcome
 from qfleet.api.jobs import Step
 from qfleet.api.spec import QuantizedModelSpec
-from qfleet.api.status import CalibrationStatus, EngineStatus, EvaluationStatus, QuantizedModelStatus, StepRecord
+from qfleet.api.status import (
+    CalibrationStatus,
+    CapacityStatus,
+    EngineStatus,
+    EvaluationStatus,
+    QuantizedModelStatus,
+    StepRecord,
+)
+from qfleet.capacity import mixed_kv_bytes_per_token
+from qfleet.formats import kv_format
 
 MAX_JOB_RECREATIONS = 3
 """A step's Job deleted before it finished is created again, this many times at most; then the step fails."""
@@ -114,9 +124,12 @@ def finished(step: Step, job: JobView, revision: str, fmt: str, spec: QuantizedM
                               "message": None if outcome is StepOutcome.SUCCEEDED else
                               (job.failure or "no reason given")[:1024]}
     if step is Step.CALIBRATE:
+        requested = spec.quantization.calibration.dataset
+        used = s.get("datasetUsed") or requested
         return CalibrationStatus.model_validate(common | {
             "completedAt": when, "inputsHash": inputs_hash,
-            "dataset": spec.quantization.calibration.dataset, "datasetHash": s.get("datasetHash"),
+            "dataset": used, "datasetRequested": requested if used != requested else None,
+            "datasetHash": s.get("datasetHash"),
             "samples": s.get("samples", spec.quantization.calibration.samples),
             "modelOptVersion": s.get("modelOptVersion"), "device": s.get("device"),
             "report": {"kvFormat": s.get("kvFormat", fmt), "worstLayer": s.get("worstLayer"),
@@ -134,13 +147,45 @@ def finished(step: Step, job: JobView, revision: str, fmt: str, spec: QuantizedM
     })
 
 
+def with_fallback_layers(capacity: CapacityStatus | None, spec: QuantizedModelSpec,
+                         calibration: CalibrationStatus | None) -> CapacityStatus | None:
+    """The capacity plan of the mixed plan the calibration chose: its fallback layers keep bf16 KV, so the bytes per
+    token are `mixed_kv_bytes_per_token`'s (exact) and the tokens per replica shrink in proportion. Unchanged when the
+    calibration kept every layer in the format, is not this format's, or the model's shape is not one uniform group."""
+    report = calibration.report if calibration else None
+    shape = spec.model.resolved_shape()
+    if capacity is None or report is None or not report.fallback_layers or shape is None \
+            or report.kv_format != capacity.kv_cache or not capacity.kv_bytes_per_token:
+        return capacity
+    fmt, layers = kv_format(capacity.kv_cache), len(report.fallback_layers)
+    try:
+        mixed = mixed_kv_bytes_per_token(shape, fmt, kv_format("bf16"), layers)
+    except ValueError:
+        return capacity
+    plain, exact = capacity.kv_bytes_per_token, math.ceil(mixed)
+    scale = plain / mixed
+    note = (f"{layers} fallback layer(s) {report.fallback_layers} keep bf16 KV: {exact} KV bytes per token "
+            f"(all {fmt.name}: {plain})")
+    return capacity.model_copy(update={
+        "kv_bytes_per_token": exact,
+        "max_tokens_per_replica": None if capacity.max_tokens_per_replica is None else
+        int(capacity.max_tokens_per_replica * scale),
+        "sequences_per_replica": None if capacity.sequences_per_replica is None else
+        int(capacity.sequences_per_replica * scale),
+        "message": "; ".join(m for m in (capacity.message, note) if m)})
+
+
 def success_message(record: StepRecord, fmt: str) -> str:
     if isinstance(record, CalibrationStatus):
         report = record.report
         layers = report.fallback_layers if report else []
         worst = report.worst_layer if report and report.worst_layer is not None else "?"
         kl = report.worst_layer_kl if report and report.worst_layer_kl is not None else "?"
-        return f"KV {fmt} calibrated: worst layer {worst} with KL {kl}; {len(layers)} fallback layer(s)"
+        message = f"KV {fmt} calibrated: worst layer {worst} with KL {kl}; {len(layers)} fallback layer(s)"
+        if record.dataset_requested:
+            message += (f"; calibration dataset {record.dataset_requested} could not be loaded, so {record.dataset} "
+                        f"({record.dataset_hash or 'no hash reported'}) was substituted")
+        return message
     assert isinstance(record, EngineStatus)
     return f"Engine with KV {record.kv_cache_dtype or fmt} built by Job {record.job}"
 
