@@ -37,9 +37,11 @@ class FleetState:
 
 class Fleet:
     def __init__(self, run_dir: Path, fleet_file: Path = nodes.DEFAULT_FLEET_FILE, scrape_interval: str = "2s",
-                 name: str = "qfleet-local", control_plane_only: bool = False):
+                 name: str = "qfleet-local", control_plane_only: bool = False, audit: bool = False):
         """`control_plane_only`: etcd and kube-apiserver alone (what tests of the API itself need, e.g. the spec
-        fuzzing): no controllers, nodes, Prometheus or gateway."""
+        fuzzing): no controllers, nodes, Prometheus or gateway. `audit`: the apiserver logs every write (verb, object,
+        user agent) as JSON lines to `audit_log`, which is how the chaos suite counts writes at the apiserver."""
+        self.audit = audit
         self.run_dir = Path(run_dir).resolve()
         self.control_plane_only = control_plane_only
         self.fleet_file = fleet_file
@@ -58,6 +60,10 @@ class Fleet:
     @property
     def pki_dir(self) -> Path:
         return self.run_dir / "pki"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.run_dir / "audit.log"
 
     @property
     def log_dir(self) -> Path:
@@ -152,7 +158,7 @@ class Fleet:
             "--authorization-mode=Node,RBAC", "--allow-privileged=true",
             f"--service-cluster-ip-range={SERVICE_RANGE}",
             # the `kubernetes` Service would get 127.0.0.1 as its endpoint, which the API rejects (loopback)
-            "--endpoint-reconciler-type=none", "--profiling=false"])
+            "--endpoint-reconciler-type=none", "--profiling=false", *self._audit_args()])
         tls = ssl.create_default_context(cafile=ca)
         tls.load_cert_chain(crt, key)
         processes.wait_until("kube-apiserver", lambda: processes.http_ok(f"{self.apiserver_url(state)}/readyz", tls),
@@ -206,6 +212,16 @@ class Fleet:
                               env=dict(os.environ, KUBECONFIG=kubeconfig))
         processes.wait_until("the gateway to be programmed", lambda: gateway.gateway_programmed(api), 60,
                              process=traefik, log=self._log("traefik"))
+
+    def _audit_args(self) -> list[str]:
+        if not self.audit:
+            return []
+        policy = self.run_dir / "audit-policy.yaml"
+        policy.write_text(json.dumps({"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+                                      "rules": [{"level": "Metadata", "verbs": ["create", "update", "patch", "delete"]},
+                                                {"level": "None"}]}))
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-mode=blocking",
+                "--audit-log-format=json"]
 
     def _start_prometheus(self, state: FleetState) -> None:
         run, p = self.run_dir, state.ports

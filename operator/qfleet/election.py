@@ -27,6 +27,7 @@ class Elector:
                  exit: Callable[[int], None] = os._exit) -> None:
         self.api, self.namespace, self.name = api, namespace, name
         self.identity = identity or f"{socket.gethostname()}-{os.getpid()}"
+        """The Lease's holderIdentity: `<pod or host>-<pid>`, as in the operator's user agent."""
         self.timings, self._clock, self._exit = timings, clock, exit
         self._seen: tuple[str | None, float] = (None, clock())
         self._renewed_at: float | None = None
@@ -99,6 +100,5 @@ def from_environment(api: k8s.ApiClient) -> Elector | None:
     lease_seconds = int(os.environ.get("QFLEET_LEASE_SECONDS", "15"))
     timings = LeaseTimings(lease_seconds=lease_seconds, renew_deadline_seconds=lease_seconds * 2 / 3,
                            retry_seconds=max(lease_seconds / 7.5, 0.5))
-    identity = os.environ.get("QFLEET_POD_NAME") or None
-    return Elector(api, namespace, os.environ.get("QFLEET_LEASE_NAME", "qfleet-operator"), identity and
-                   f"{identity}-{os.getpid()}", timings)
+    return Elector(api, namespace, os.environ.get("QFLEET_LEASE_NAME", "qfleet-operator"),
+                   kube.user_agent().split("/", 1)[1], timings)

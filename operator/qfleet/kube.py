@@ -8,6 +8,8 @@ and Flagger's `--kube-api-qps/--kube-api-burst` do.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -65,7 +67,15 @@ def configure(qps: float = 0, burst: int = 1) -> k8s.ApiClient:
         k8s_config.load_incluster_config()
     except k8s_config.ConfigException:
         k8s_config.load_kube_config()
-    return k8s.ApiClient()
+    api = k8s.ApiClient()
+    api.user_agent = user_agent()
+    return api
+
+
+def user_agent() -> str:
+    """`qfleet-operator/<pod or host>-<pid>`: the apiserver's audit log tells replicas apart by it (and server-side
+    apply names the field manager `qfleet-operator`)."""
+    return f"qfleet-operator/{os.environ.get('QFLEET_POD_NAME') or socket.gethostname()}-{os.getpid()}"
 
 
 def create_job(api: k8s.ApiClient, manifest: dict) -> bool:

@@ -147,3 +147,10 @@ def artifacts_claim(core, namespace, tmp_path) -> Path:
                               timeout=30)
     yield tmp_path
     core.delete_persistent_volume(pv_name)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The chaos scenarios' table (scenario, faults, requests, failed, duplicates, stable disruptions, verdict)."""
+    from chaos import print_table
+
+    print_table(terminalreporter.write)

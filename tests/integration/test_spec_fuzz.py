@@ -1,20 +1,20 @@
 """Spec fuzzing against the real apiserver: generated QuantizedModels, valid and invalid, judged by the CRD (schema and
 CEL) and by the operator's parser; the two must agree, and the operator must process what the apiserver stores.
 
-`QFLEET_FUZZ_EXAMPLES` sets how many documents (200 in `make test`, 1,000 in `make chaos`); `QFLEET_CHAOS_SEED` the
-seed (printed). A disagreement is printed with the document's spec and both verdicts, then fails the test.
+`QFLEET_FUZZ_EXAMPLES` sets how many documents (200 in `make test`, 1,000 in `make chaos`, QFLEET_CHAOS=full);
+`QFLEET_CHAOS_SEED` the seed (printed). A disagreement is printed with the document's spec and both verdicts, then fails the test.
 """
 from __future__ import annotations
 
 import copy
 import json
 import os
-import random
 import re
 import time
 from collections import Counter
 
 import pytest
+from chaos import FULL, SEED, Row
 from conftest import install_crd
 from hypothesis import HealthCheck, given, seed, settings
 from kubernetes import client as k8s
@@ -27,9 +27,8 @@ from localfleet.operator_process import OperatorProcess
 from localfleet.processes import wait_until
 from qfleet.api import GROUP, PLURAL, VERSION, SpecError, parse_document
 
-EXAMPLES = int(os.environ.get("QFLEET_FUZZ_EXAMPLES", "200"))
-SEED = int(os.environ.get("QFLEET_CHAOS_SEED") or random.SystemRandom().randrange(2**32))
-APPLIED = int(os.environ.get("QFLEET_FUZZ_APPLIED", "40"))
+EXAMPLES = int(os.environ.get("QFLEET_FUZZ_EXAMPLES") or (1000 if FULL else 200))
+APPLIED = int(os.environ.get("QFLEET_FUZZ_APPLIED") or (100 if FULL else 30))
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +123,9 @@ def test_apiserver_and_parser_agree_on_generated_documents(control_plane):
         _judge(custom, document, tally, findings)
 
     judge()
+    row = Row("spec fuzzing: CRD vs parser", faults=tally["documents"])
+    row.notes.append(f"{tally['accepted']} accepted, {tally['rejected']} rejected, {len(findings)} disagreements")
+    row.record(not findings and tally["documents"] >= EXAMPLES)
     print(f"spec fuzzing: {dict(tally)} in {time.monotonic() - started:.0f} s; {len(findings)} disagreements")
     for finding in findings[:30]:
         print("  FINDING", finding)
@@ -187,4 +189,7 @@ def test_operator_processes_every_accepted_document(control_plane, tmp_path):
         else:
             tally["processed"] += 1
     print(f"\nspec fuzzing, applied: {dict(tally)}")
+    row = Row("spec fuzzing: applied, operator", faults=len(names))
+    row.notes.append(f"{tally['processed']} processed, {tally['marked InvalidSpec']} InvalidSpec, 0 tracebacks")
+    row.record(not findings)
     assert not findings, findings
