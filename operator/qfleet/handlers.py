@@ -52,12 +52,17 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         telemetry.serve(METRICS_PORT)
         STATE["metrics_served"] = True
     STATE["controller"] = Controller(api, CACHE, SETTINGS, _post_event)
-    STATE["elector"] = election.from_environment(api)
+    STATE["elector"] = elector = election.from_environment(api)
+    STATE["leading"] = leading = asyncio.Event()
+    if elector is None:
+        leading.set()
+    else:  # a candidate from the start, whether or not any model exists yet
+        STATE["election"] = asyncio.create_task(_elect(elector, leading))
 
 
 @kopf.on.cleanup()
 async def stop(**_: Any) -> None:
-    for name in ("renewal", "loop"):
+    for name in ("election", "loop"):
         task = STATE.pop(name, None)
         if task is not None:
             task.cancel()
@@ -66,13 +71,16 @@ async def stop(**_: Any) -> None:
         await asyncio.to_thread(elector.release)
 
 
+async def _elect(elector: election.Elector, leading: asyncio.Event) -> None:
+    await elector.acquire()
+    leading.set()
+    await elector.keep()
+
+
 async def _lead(controller: Controller) -> None:
     """With leader election, the workers (which make every write) start only once this replica holds the Lease; the
     watches and the cache run either way, so a standby takes over warm."""
-    elector = STATE.get("elector")
-    if elector is not None:
-        await elector.acquire()
-        STATE["renewal"] = asyncio.create_task(elector.keep())
+    await STATE["leading"].wait()
     await controller.run()
 
 
