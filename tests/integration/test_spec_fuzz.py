@@ -19,7 +19,7 @@ from conftest import install_crd
 from hypothesis import HealthCheck, given, seed, settings
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
-from spec_strategies import documents
+from spec_strategies import BASE, documents
 
 from localfleet import kube
 from localfleet.fleet import Fleet
@@ -193,3 +193,39 @@ def test_operator_processes_every_accepted_document(control_plane, tmp_path):
     row.notes.append(f"{tally['processed']} processed, {tally['marked InvalidSpec']} InvalidSpec, 0 tracebacks")
     row.record(not findings)
     assert not findings, findings
+
+
+def test_an_edit_that_makes_a_valid_model_invalid_is_refused_and_the_model_keeps_its_spec(control_plane):
+    """The spec stays the last valid one (so whatever serves it, stable or canary, keeps serving): every invalid edit
+    is refused with a field path and leaves the stored object's generation and spec as they were."""
+    _, api = control_plane
+    custom = k8s.CustomObjectsApi(api)
+    stored = custom.create_namespaced_custom_object(GROUP, VERSION, "fuzz", PLURAL,
+                                                    {**copy.deepcopy(BASE), "metadata": {"name": "edited"}})
+    tally: Counter = Counter()
+
+    @seed(SEED + 2)
+    @settings(max_examples=EXAMPLES // 4, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(documents())
+    def edit(document):
+        if _parser_paths(document) is None:
+            return
+        tally["invalid edits"] += 1
+        try:
+            custom.patch_namespaced_custom_object(GROUP, VERSION, "fuzz", PLURAL, "edited",
+                                                  [{"op": "replace", "path": "/spec", "value": document["spec"]}],
+                                                  field_validation="Strict",
+                                                  _content_type="application/json-patch+json")
+        except ApiException as error:
+            assert error.status in (400, 422), error.body
+            assert "spec." in error.body, error.body
+            tally["refused"] += 1
+        else:
+            raise AssertionError(f"an invalid edit was stored: {json.dumps(document['spec'])[:600]}")
+
+    edit()
+    now = custom.get_namespaced_custom_object(GROUP, VERSION, "fuzz", PLURAL, "edited")
+    print(f"\ninvalid edits: {dict(tally)}")
+    assert tally["invalid edits"] >= EXAMPLES // 8 and tally["refused"] == tally["invalid edits"], tally
+    assert now["metadata"]["generation"] == stored["metadata"]["generation"] and now["spec"] == stored["spec"]
+    Row("invalid edits of a valid model", faults=tally["invalid edits"]).record(True)
