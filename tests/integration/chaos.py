@@ -83,7 +83,7 @@ def regressions(before: dict, after: dict) -> list[str]:
             lost.append(f"{step} outcome of {old.get('revision')}")
     old_history = [(h["revision"], h["outcome"]) for h in before.get("history", [])]
     new_history = [(h["revision"], h["outcome"]) for h in after.get("history", [])]
-    if new_history[:len(old_history)] != old_history and len(new_history) >= len(old_history):
+    if not set(old_history) <= set(new_history):
         lost.append(f"history {old_history} -> {new_history}")
     old_canary, new_canary = before.get("canary") or {}, after.get("canary") or {}
     same = (before.get("revision") or {}).get("canary") == (after.get("revision") or {}).get("canary")
