@@ -138,31 +138,8 @@ class Fleet:
         pki.create(self.pki_dir)
         ca, crt, key = (str(self.pki_dir / f) for f in ("ca.crt", "admin.crt", "admin.key"))
 
-        etcd_url = f"http://127.0.0.1:{p['etcd']}"
-        peer_url = f"http://127.0.0.1:{p['etcd_peer']}"
-        etcd = self._start(state, "etcd", [
-            str(binaries.path_of("etcd")), "--name=node0", f"--data-dir={run / 'etcd'}",
-            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
-            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=node0={peer_url}", "--unsafe-no-fsync", "--auto-compaction-retention=1",
-            "--log-level=warn"])
-        processes.wait_until("etcd", lambda: processes.http_ok(f"{etcd_url}/health"), 30, process=etcd,
-                             log=self._log("etcd"))
-
-        apiserver = self._start(state, "kube-apiserver", [
-            str(binaries.path_of("kube-apiserver")), f"--etcd-servers={etcd_url}", "--etcd-prefix=/registry",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={p['apiserver']}",
-            f"--cert-dir={run / 'apiserver'}", f"--tls-cert-file={crt}", f"--tls-private-key-file={key}",
-            f"--client-ca-file={ca}", "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={key}", f"--service-account-signing-key-file={key}",
-            "--authorization-mode=Node,RBAC", "--allow-privileged=true",
-            f"--service-cluster-ip-range={SERVICE_RANGE}",
-            # the `kubernetes` Service would get 127.0.0.1 as its endpoint, which the API rejects (loopback)
-            "--endpoint-reconciler-type=none", "--profiling=false", *self._audit_args()])
-        tls = ssl.create_default_context(cafile=ca)
-        tls.load_cert_chain(crt, key)
-        processes.wait_until("kube-apiserver", lambda: processes.http_ok(f"{self.apiserver_url(state)}/readyz", tls),
-                             60, process=apiserver, log=self._log("kube-apiserver"))
+        self._start_etcd(state)
+        self._start_apiserver(state)
         pki.write_kubeconfig(self.kubeconfig, self.pki_dir, self.apiserver_url(state), self.name)
         if self.control_plane_only:
             return
@@ -212,6 +189,47 @@ class Fleet:
                               env=dict(os.environ, KUBECONFIG=kubeconfig))
         processes.wait_until("the gateway to be programmed", lambda: gateway.gateway_programmed(api), 60,
                              process=traefik, log=self._log("traefik"))
+
+    def _start_etcd(self, state: FleetState) -> None:
+        p, run = state.ports, self.run_dir
+        etcd_url = f"http://127.0.0.1:{p['etcd']}"
+        peer_url = f"http://127.0.0.1:{p['etcd_peer']}"
+        etcd = self._start(state, "etcd", [
+            str(binaries.path_of("etcd")), "--name=node0", f"--data-dir={run / 'etcd'}",
+            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=node0={peer_url}", "--unsafe-no-fsync", "--auto-compaction-retention=1",
+            "--log-level=warn"])
+        processes.wait_until("etcd", lambda: processes.http_ok(f"{etcd_url}/health"), 30, process=etcd,
+                             log=self._log("etcd"))
+
+    def _start_apiserver(self, state: FleetState) -> None:
+        p, run = state.ports, self.run_dir
+        ca, crt, key = (str(self.pki_dir / f) for f in ("ca.crt", "admin.crt", "admin.key"))
+        apiserver = self._start(state, "kube-apiserver", [
+            str(binaries.path_of("kube-apiserver")), f"--etcd-servers=http://127.0.0.1:{p['etcd']}",
+            "--etcd-prefix=/registry",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={p['apiserver']}",
+            f"--cert-dir={run / 'apiserver'}", f"--tls-cert-file={crt}", f"--tls-private-key-file={key}",
+            f"--client-ca-file={ca}", "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={key}", f"--service-account-signing-key-file={key}",
+            "--authorization-mode=Node,RBAC", "--allow-privileged=true",
+            f"--service-cluster-ip-range={SERVICE_RANGE}",
+            # the `kubernetes` Service would get 127.0.0.1 as its endpoint, which the API rejects (loopback)
+            "--endpoint-reconciler-type=none", "--profiling=false", *self._audit_args()])
+        tls = ssl.create_default_context(cafile=ca)
+        tls.load_cert_chain(crt, key)
+        processes.wait_until("kube-apiserver", lambda: processes.http_ok(f"{self.apiserver_url(state)}/readyz", tls),
+                             60, process=apiserver, log=self._log("kube-apiserver"))
+
+    def stop_part(self, name: str) -> None:
+        """Stops one control-plane process ("etcd" or "kube-apiserver") as an outage would; `start_part` brings it
+        back on the same port and data (the chaos suite's faults)."""
+        processes.stop(self.state().pids[name], str(self.run_dir))
+
+    def start_part(self, name: str) -> None:
+        starters = {"etcd": self._start_etcd, "kube-apiserver": self._start_apiserver}
+        starters[name](self.state())
 
     def _audit_args(self) -> list[str]:
         if not self.audit:
