@@ -37,16 +37,21 @@ class FleetState:
 
 class Fleet:
     def __init__(self, run_dir: Path, fleet_file: Path = nodes.DEFAULT_FLEET_FILE, scrape_interval: str = "2s",
-                 name: str = "qfleet-local", audit_policy: Path | None = None,
-                 extra_scrape_configs: list[dict] | None = None):
-        """`audit_policy`: the apiserver writes an audit log (JSON lines, `audit_log`) under that policy, which is how
-        a benchmark attributes requests to a controller. `extra_scrape_configs`: more Prometheus scrape jobs."""
+                 name: str = "qfleet-local", control_plane_only: bool = False, audit: bool = False,
+                 audit_policy: Path | None = None, extra_scrape_configs: list[dict] | None = None):
+        """`control_plane_only`: etcd and kube-apiserver alone (what tests of the API itself need, e.g. the spec
+        fuzzing): no controllers, nodes, Prometheus or gateway. `audit`: the apiserver logs every write (verb, object,
+        user agent) as JSON lines to `audit_log`, which is how the chaos suite counts writes at the apiserver;
+        `audit_policy`, a policy file of the caller's instead (the benchmark attributes every request to a
+        controller). `extra_scrape_configs`: more Prometheus scrape jobs."""
+        self.audit = audit
+        self.audit_policy = audit_policy
+        self.extra_scrape_configs = list(extra_scrape_configs or [])
         self.run_dir = Path(run_dir).resolve()
+        self.control_plane_only = control_plane_only
         self.fleet_file = fleet_file
         self.scrape_interval = scrape_interval
         self.name = name
-        self.audit_policy = audit_policy
-        self.extra_scrape_configs = list(extra_scrape_configs or [])
 
     # ---- paths and addresses -------------------------------------------------------------------------------------
     @property
@@ -62,12 +67,12 @@ class Fleet:
         return self.run_dir / "pki"
 
     @property
-    def log_dir(self) -> Path:
-        return self.run_dir / "logs"
-
-    @property
     def audit_log(self) -> Path:
         return self.run_dir / "audit.log"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
 
     def state(self) -> FleetState | None:
         if not self.state_file.exists():
@@ -99,7 +104,8 @@ class Fleet:
 
     def is_up(self) -> bool:
         alive = self.running()
-        return bool(alive) and set(alive) == set(START_ORDER) and all(alive.values())
+        expected = START_ORDER[:2] if self.control_plane_only else START_ORDER
+        return bool(alive) and set(alive) == set(expected) and all(alive.values())
 
     # ---- lifecycle -----------------------------------------------------------------------------------------------
     def up(self, log=print) -> FleetState:
@@ -137,32 +143,11 @@ class Fleet:
         pki.create(self.pki_dir)
         ca, crt, key = (str(self.pki_dir / f) for f in ("ca.crt", "admin.crt", "admin.key"))
 
-        etcd_url = f"http://127.0.0.1:{p['etcd']}"
-        peer_url = f"http://127.0.0.1:{p['etcd_peer']}"
-        etcd = self._start(state, "etcd", [
-            str(binaries.path_of("etcd")), "--name=node0", f"--data-dir={run / 'etcd'}",
-            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
-            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=node0={peer_url}", "--unsafe-no-fsync", "--auto-compaction-retention=1",
-            "--log-level=warn"])
-        processes.wait_until("etcd", lambda: processes.http_ok(f"{etcd_url}/health"), 30, process=etcd,
-                             log=self._log("etcd"))
-
-        apiserver = self._start(state, "kube-apiserver", [
-            str(binaries.path_of("kube-apiserver")), f"--etcd-servers={etcd_url}", "--etcd-prefix=/registry",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={p['apiserver']}",
-            f"--cert-dir={run / 'apiserver'}", f"--tls-cert-file={crt}", f"--tls-private-key-file={key}",
-            f"--client-ca-file={ca}", "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={key}", f"--service-account-signing-key-file={key}",
-            "--authorization-mode=Node,RBAC", "--allow-privileged=true",
-            f"--service-cluster-ip-range={SERVICE_RANGE}",
-            # the `kubernetes` Service would get 127.0.0.1 as its endpoint, which the API rejects (loopback)
-            "--endpoint-reconciler-type=none", "--profiling=false", *self._audit_args()])
-        tls = ssl.create_default_context(cafile=ca)
-        tls.load_cert_chain(crt, key)
-        processes.wait_until("kube-apiserver", lambda: processes.http_ok(f"{self.apiserver_url(state)}/readyz", tls),
-                             60, process=apiserver, log=self._log("kube-apiserver"))
+        self._start_etcd(state)
+        self._start_apiserver(state)
         pki.write_kubeconfig(self.kubeconfig, self.pki_dir, self.apiserver_url(state), self.name)
+        if self.control_plane_only:
+            return
 
         kubeconfig = str(self.kubeconfig)
         common = [f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
@@ -212,13 +197,59 @@ class Fleet:
         processes.wait_until("the gateway to be programmed", lambda: gateway.gateway_programmed(api), 60,
                              process=traefik, log=self._log("traefik"))
 
+    def _start_etcd(self, state: FleetState) -> None:
+        p, run = state.ports, self.run_dir
+        etcd_url = f"http://127.0.0.1:{p['etcd']}"
+        peer_url = f"http://127.0.0.1:{p['etcd_peer']}"
+        etcd = self._start(state, "etcd", [
+            str(binaries.path_of("etcd")), "--name=node0", f"--data-dir={run / 'etcd'}",
+            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=node0={peer_url}", "--unsafe-no-fsync", "--auto-compaction-retention=1",
+            "--log-level=warn"])
+        processes.wait_until("etcd", lambda: processes.http_ok(f"{etcd_url}/health"), 30, process=etcd,
+                             log=self._log("etcd"))
+
+    def _start_apiserver(self, state: FleetState) -> None:
+        p, run = state.ports, self.run_dir
+        ca, crt, key = (str(self.pki_dir / f) for f in ("ca.crt", "admin.crt", "admin.key"))
+        apiserver = self._start(state, "kube-apiserver", [
+            str(binaries.path_of("kube-apiserver")), f"--etcd-servers=http://127.0.0.1:{p['etcd']}",
+            "--etcd-prefix=/registry",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={p['apiserver']}",
+            f"--cert-dir={run / 'apiserver'}", f"--tls-cert-file={crt}", f"--tls-private-key-file={key}",
+            f"--client-ca-file={ca}", "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={key}", f"--service-account-signing-key-file={key}",
+            "--authorization-mode=Node,RBAC", "--allow-privileged=true",
+            f"--service-cluster-ip-range={SERVICE_RANGE}",
+            # the `kubernetes` Service would get 127.0.0.1 as its endpoint, which the API rejects (loopback)
+            "--endpoint-reconciler-type=none", "--profiling=false", *self._audit_args()])
+        tls = ssl.create_default_context(cafile=ca)
+        tls.load_cert_chain(crt, key)
+        processes.wait_until("kube-apiserver", lambda: processes.http_ok(f"{self.apiserver_url(state)}/readyz", tls),
+                             60, process=apiserver, log=self._log("kube-apiserver"))
+
+    def stop_part(self, name: str) -> None:
+        """Stops one control-plane process ("etcd" or "kube-apiserver") as an outage would; `start_part` brings it
+        back on the same port and data (the chaos suite's faults)."""
+        processes.stop(self.state().pids[name], str(self.run_dir))
+
+    def start_part(self, name: str) -> None:
+        starters = {"etcd": self._start_etcd, "kube-apiserver": self._start_apiserver}
+        starters[name](self.state())
+
     def _audit_args(self) -> list[str]:
-        if self.audit_policy is None:
+        if not self.audit and self.audit_policy is None:
             return []
-        return [f"--audit-policy-file={self.audit_policy}", f"--audit-log-path={self.audit_log}",
-                "--audit-log-format=json", "--audit-log-maxsize=0",
-                # blocking: an event is in the file before its response is sent, so a reader never misses the last
-                "--audit-log-mode=blocking"]
+        policy = self.audit_policy or self.run_dir / "audit-policy.yaml"
+        if self.audit_policy is None:
+            policy.write_text(json.dumps({"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+                                          "omitStages": ["RequestReceived"],
+                                          "rules": [{"level": "Metadata", "verbs": ["create", "update", "patch", "delete"]},
+                                                    {"level": "None"}]}))
+        # blocking: an event is in the file before its response is sent, so a reader never misses the last
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-mode=blocking",
+                "--audit-log-format=json", "--audit-log-maxsize=0"]
 
     def _start_prometheus(self, state: FleetState) -> None:
         run, p = self.run_dir, state.ports

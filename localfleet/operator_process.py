@@ -76,6 +76,6 @@ def from_chart(manifest: Iterable[dict | None], kubeconfig: Path, log_path: Path
     liveness = free_port()
     args = [a.replace("--liveness=http://0.0.0.0:", "--liveness=http://127.0.0.1:") for a in container["args"]]
     args = [f"--liveness=http://127.0.0.1:{liveness}/healthz" if a.startswith("--liveness=") else a for a in args]
-    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}  # valueFrom: the pod's own fields
     operator = OperatorProcess(kubeconfig, log_path, command=[*container["command"], *args], env=env)
     return operator, f"http://127.0.0.1:{liveness}/healthz"

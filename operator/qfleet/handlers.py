@@ -12,7 +12,7 @@ from typing import Any
 
 import kopf
 
-from qfleet import kube, telemetry
+from qfleet import election, kube, telemetry
 from qfleet.api.group import GROUP, PLURAL, VERSION
 from qfleet.api.spec import DEFAULT_RUNTIME_IMAGE
 from qfleet.cache import DELETED, FleetCache
@@ -52,13 +52,36 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         telemetry.serve(METRICS_PORT)
         STATE["metrics_served"] = True
     STATE["controller"] = Controller(api, CACHE, SETTINGS, _post_event)
+    STATE["elector"] = elector = election.from_environment(api)
+    STATE["leading"] = leading = asyncio.Event()
+    if elector is None:
+        leading.set()
+    else:  # a candidate from the start, whether or not any model exists yet
+        STATE["election"] = asyncio.create_task(_elect(elector, leading))
 
 
 @kopf.on.cleanup()
 async def stop(**_: Any) -> None:
-    task = STATE.pop("loop", None)
-    if task is not None:
-        task.cancel()
+    for name in ("election", "loop"):
+        task = STATE.pop(name, None)
+        if task is not None:
+            task.cancel()
+    elector = STATE.get("elector")
+    if elector is not None:
+        await asyncio.to_thread(elector.release)
+
+
+async def _elect(elector: election.Elector, leading: asyncio.Event) -> None:
+    await elector.acquire()
+    leading.set()
+    await elector.keep()
+
+
+async def _lead(controller: Controller) -> None:
+    """With leader election, the workers (which make every write) start only once this replica holds the Lease; the
+    watches and the cache run either way, so a standby takes over warm."""
+    await STATE["leading"].wait()
+    await controller.run()
 
 
 def _post_event(body: dict[str, Any], event: Event) -> None:
@@ -72,7 +95,7 @@ def _wake(key: Any) -> None:
     if "loop" not in STATE:
         # Started from the first event handler, not at startup: the workers' tasks copy this context, which holds
         # Kopf's Event queue (kopf.event needs it, and Kopf sets it only around resource handlers).
-        STATE["loop"] = asyncio.create_task(controller.run())
+        STATE["loop"] = asyncio.create_task(_lead(controller))
     if key is not None:
         controller.wake(key)
 

@@ -8,6 +8,8 @@ and Flagger's `--kube-api-qps/--kube-api-burst` do.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -65,7 +67,15 @@ def configure(qps: float = 0, burst: int = 1) -> k8s.ApiClient:
         k8s_config.load_incluster_config()
     except k8s_config.ConfigException:
         k8s_config.load_kube_config()
-    return k8s.ApiClient()
+    api = k8s.ApiClient()
+    api.user_agent = user_agent()
+    return api
+
+
+def user_agent() -> str:
+    """`qfleet-operator/<pod or host>-<pid>`: the apiserver's audit log tells replicas apart by it (and server-side
+    apply names the field manager `qfleet-operator`)."""
+    return f"qfleet-operator/{os.environ.get('QFLEET_POD_NAME') or socket.gethostname()}-{os.getpid()}"
 
 
 def create_job(api: k8s.ApiClient, manifest: dict) -> bool:
@@ -257,6 +267,37 @@ def remove_annotation(api: k8s.ApiClient, namespace: str, name: str, key: str, v
             GROUP, VERSION, namespace, PLURAL, name,
             [{"op": "test", "path": path, "value": value}, {"op": "remove", "path": path}],
             _request_timeout=REQUEST_TIMEOUT, _content_type=JSON_PATCH)
+    except ApiException as error:
+        if error.status in LOST_RACE:
+            return False
+        raise
+    return True
+
+
+def read_lease(api: k8s.ApiClient, namespace: str, name: str) -> tuple[dict | None, str | None]:
+    """The leader-election Lease's spec (API field names) and resourceVersion; (None, None) when there is none. Lease
+    calls skip the rate limit: a renewal must never queue behind a visit's writes."""
+    try:
+        lease = k8s.CoordinationV1Api(api).read_namespaced_lease(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+    except ApiException as error:
+        if error.status == 404:
+            return None, None
+        raise
+    return api.sanitize_for_serialization(lease.spec) or {}, lease.metadata.resource_version
+
+
+def write_lease(api: k8s.ApiClient, namespace: str, name: str, spec: dict, resource_version: str | None) -> bool:
+    """Creates the Lease (no resourceVersion) or replaces it if it is still `resource_version`. False when another
+    candidate wrote first (the caller reads again)."""
+    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "spec": spec,
+             "metadata": {"name": name, "namespace": namespace,
+                          **({"resourceVersion": resource_version} if resource_version else {})}}
+    coordination = k8s.CoordinationV1Api(api)
+    try:
+        if resource_version is None:
+            coordination.create_namespaced_lease(namespace, lease, _request_timeout=REQUEST_TIMEOUT)
+        else:
+            coordination.replace_namespaced_lease(name, namespace, lease, _request_timeout=REQUEST_TIMEOUT)
     except ApiException as error:
         if error.status in LOST_RACE:
             return False

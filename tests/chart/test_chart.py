@@ -14,7 +14,13 @@ CRD_COPY = CHART / "files" / "crds" / "qfleet.io_quantizedmodels.yaml"
 
 
 def kinds(documents: list[dict]) -> dict[str, dict]:
-    return {d["kind"]: d for d in documents}
+    """One document per kind; the leader-election Role and RoleBinding (`<release>-leader`) are left out: see
+    `leader_election`."""
+    return {d["kind"]: d for d in documents if not d["metadata"]["name"].endswith("-leader")}
+
+
+def leader_election(documents: list[dict]) -> dict[str, dict]:
+    return {d["kind"]: d for d in documents if d["metadata"]["name"].endswith("-leader")}
 
 
 def of_kind(documents: list[dict], kind: str) -> list[dict]:
@@ -102,7 +108,8 @@ def test_every_value_is_documented_key_first():
 def test_default_deployment_runs_kopf_like_an_operator_should(helm):
     deployment = kinds(render(helm))["Deployment"]
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     pod = spec["template"]["spec"]
     container = pod["containers"][0]
     assert container["command"] == ["kopf", "run", "-m", "qfleet.main"]
@@ -175,6 +182,21 @@ def test_role_and_small_cluster_role_together_grant_the_same_rules(helm):
     assert together == EXPECTED_RULES
 
 
+@pytest.mark.parametrize("cluster_scoped", [True, False])
+def test_replicas_elect_a_leader_on_a_lease_in_the_release_namespace(helm, cluster_scoped):
+    documents = render(helm, "--set", f"clusterScoped={str(cluster_scoped).lower()}", namespace="ops")
+    container = kinds(documents)["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["QFLEET_LEADER_ELECTION"] == "true" and env["QFLEET_LEASE_NAMESPACE"] == "ops"
+    assert env["QFLEET_LEASE_NAME"] == "qfleet-leader" and env["QFLEET_LEASE_SECONDS"] == "15"
+    assert env["QFLEET_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    found = leader_election(documents)
+    assert found["Role"]["metadata"]["namespace"] == "ops"
+    assert rules_by_resource(found["Role"]["rules"]) == {("coordination.k8s.io", "leases"): ["get", "create", "update"]}
+    assert found["RoleBinding"]["roleRef"]["name"] == "qfleet-leader"
+    assert found["RoleBinding"]["subjects"] == [{"kind": "ServiceAccount", "name": "qfleet", "namespace": "ops"}]
+
+
 def test_rbac_and_service_account_can_be_left_out(helm):
     found = kinds(render(helm, "--set", "rbac.create=false", "--set", "serviceAccount.create=false",
                          "--set", "serviceAccount.name=mine"))
@@ -241,11 +263,11 @@ def test_a_namespaced_operator_does_not_scan_namespaces_it_may_not_list(helm, cl
     assert ({"name": "QFLEET_NAMESPACED", "value": "true"} in container["env"]) is not cluster_scoped
 
 
-def test_replicas_zero_installs_everything_but_the_operator_and_more_than_one_is_refused(helm):
+def test_replicas_zero_installs_everything_but_the_operator_and_more_than_five_is_refused(helm):
     documents = render(helm, "--set", "replicas=0")
     assert kinds(documents)["Deployment"]["spec"]["replicas"] == 0
     assert {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"} <= set(kinds(documents))
-    refused = subprocess.run([str(helm), "template", "qfleet", str(CHART), "--set", "replicas=2"],
+    refused = subprocess.run([str(helm), "template", "qfleet", str(CHART), "--set", "replicas=6"],
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "replicas" in refused.stderr
 
@@ -255,7 +277,7 @@ def test_the_runtime_image_defaults_to_the_runtime_built_for_this_version_and_ca
 
     def env(*args):
         container = kinds(render(helm, *args))["Deployment"]["spec"]["template"]["spec"]["containers"][0]
-        return {e["name"]: e["value"] for e in container["env"]}
+        return {e["name"]: e["value"] for e in container["env"] if "value" in e}
 
     assert env()["QFLEET_RUNTIME_IMAGE"] == DEFAULT_RUNTIME_IMAGE == "ghcr.io/qfleet/qfleet-runtime:0.1.0"
     assert env("--set", "runtime.image.repository=registry.local/runtime", "--set", "runtime.image.tag=1.2")[
@@ -265,7 +287,7 @@ def test_the_runtime_image_defaults_to_the_runtime_built_for_this_version_and_ca
 def test_the_control_loop_settings_reach_the_operator(helm):
     container = kinds(render(helm, "--set", "workers=8", "--set-string", "resyncPeriod=300",
                              "--set-string", "apiQPS=50", "--set", "apiBurst=100"))["Deployment"]["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     assert {key: env[key] for key in ("QFLEET_WORKERS", "QFLEET_RESYNC_SECONDS", "QFLEET_API_QPS",
                                       "QFLEET_API_BURST")} == {"QFLEET_WORKERS": "8", "QFLEET_RESYNC_SECONDS": "300",
                                                                "QFLEET_API_QPS": "50", "QFLEET_API_BURST": "100"}

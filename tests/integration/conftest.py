@@ -95,9 +95,8 @@ def _wait_test_namespaces_gone(api: k8s.ApiClient, timeout: float = 120) -> None
 CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "qfleet.io_quantizedmodels.yaml"
 
 
-@pytest.fixture(scope="session")
-def crd(api):
-    """Installs the CRD once per session (create, or replace what an earlier run left) and waits until it serves."""
+def install_crd(api: k8s.ApiClient) -> dict:
+    """Installs the CRD (create, or replace what an earlier run left) and waits until it serves."""
     extensions = k8s.ApiextensionsV1Api(api)
     manifest = yaml.safe_load(CRD_FILE.read_text())
     name = manifest["metadata"]["name"]
@@ -114,6 +113,12 @@ def crd(api):
                       cond.type == "Established" and cond.status == "True" for cond in (c.status.conditions or [])),
                   30, f"CRD {name} Established")
     return manifest
+
+
+@pytest.fixture(scope="session")
+def crd(api):
+    """The CRD, installed once per session."""
+    return install_crd(api)
 
 
 @pytest.fixture(scope="session")
@@ -142,3 +147,10 @@ def artifacts_claim(core, namespace, tmp_path) -> Path:
                               timeout=30)
     yield tmp_path
     core.delete_persistent_volume(pv_name)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The chaos scenarios' table (scenario, faults, requests, failed, duplicates, stable disruptions, verdict)."""
+    from chaos import print_table
+
+    print_table(terminalreporter.write)
