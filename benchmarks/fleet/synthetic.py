@@ -1,6 +1,6 @@
 """Synthetic serving metrics: the qfleet runtime's series for every serving pod the benchmark sees, because KWOK pods
-export none. Every pod serves the same healthy profile (the same latency distribution, 0.1% fallback tokens, 99.5%
-top-1 agreement), so a canary is as good as its stable revision and both controllers' gates pass on real PromQL
+export none. Every pod serves the same healthy profile (the same latency distribution, 0.1% of KV entries held at
+higher precision, a quality drop of 0.002 against BF16 KV), so a canary is as good as its stable revision and both controllers' gates pass on real PromQL
 answers. Counters grow from the moment a pod is first seen Running, at a fixed rate, as a real server's would.
 
 Pods are found by a watch (the benchmark's own credentials, never counted as a controller's requests): a pod labelled
@@ -45,8 +45,7 @@ def series(namespace: str, model: str, revision: str, age_s: float) -> list[str]
                 "QUALITY_SCORED_TOKENS": scored * SCORED_POSITIONS_PER_REQUEST,
                 "QUALITY_LOST_TOKENS": scored * SCORED_POSITIONS_PER_REQUEST * LOST_SHARE,
                 "QUALITY_GAINED_TOKENS": scored * SCORED_POSITIONS_PER_REQUEST * GAINED_SHARE}
-    # the per-entry fallback and the scored-token quality counters, where this metrics contract has them
-    lines += [f'{getattr(m, name)}{{{labels}}} {value:.3f}' for name, value in counters.items() if hasattr(m, name)]
+    lines += [f'{getattr(m, name)}{{{labels}}} {value:.3f}' for name, value in counters.items()]
     for name, buckets, count, mean in ((m.REQUEST_DURATION, LATENCY_BUCKETS, requests, LATENCY_MEAN),
                                        (m.QUALITY_TOP1, TOP1_BUCKETS, scored, TOP1_MEAN)):
         lines += [f'{name}_bucket{{{labels},le="{le}"}} {count * share:.3f}' for le, share in buckets]

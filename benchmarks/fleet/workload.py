@@ -75,22 +75,25 @@ qfleet holds for evidence: consecutiveErrorLimit 10 gives Argo Rollouts the same
 
 
 def analysis_template(workload: Workload, prometheus: str) -> dict:
-    """The three gates qfleet applies by default, at qfleet's default bounds, as Argo Rollouts Prometheus metrics."""
+    """The three gates qfleet applies by default, at qfleet's default bounds and with its definitions
+    (fallback: share of quantized KV entries held at higher precision; quality drop: (lost - gained) / scored
+    positions against BF16 KV), as Argo Rollouts Prometheus metrics."""
     window = ARGO_WINDOW_S
 
     def p99(hash_arg: str) -> str:
         return (f"histogram_quantile(0.99, sum by (le) (increase({m.REQUEST_DURATION}_bucket{{{_selector(hash_arg)}}}"
                 f"[{window}s])))")
 
-    def mean_top1(hash_arg: str) -> str:
-        return (f"{_increase(m.QUALITY_TOP1 + '_sum', hash_arg, window)} / "
-                f"{_increase(m.QUALITY_TOP1 + '_count', hash_arg, window)}")
+    def share(part: str, whole: str) -> str:
+        return f"{_increase(part, 'canary-hash', window)} / {_increase(whole, 'canary-hash', window)}"
 
+    lost_minus_gained = (f"({_increase(m.QUALITY_LOST_TOKENS, 'canary-hash', window)} - "
+                         f"{_increase(m.QUALITY_GAINED_TOKENS, 'canary-hash', window)})")
     metrics = [
         ("p99-latency-ratio", f"{p99('canary-hash')} / {p99('stable-hash')}", "result[0] <= 1.2"),
-        ("fallback-rate", f"{_increase(m.KV_FALLBACK_TOKENS, 'canary-hash', window)} / "
-                          f"{_increase(m.KV_TOKENS, 'canary-hash', window)}", "result[0] <= 0.005"),
-        ("quality-drop", f"({mean_top1('stable-hash')}) - ({mean_top1('canary-hash')})", "result[0] <= 0.01"),
+        ("fallback-rate", share(m.KV_FALLBACK_ENTRIES, m.KV_ENTRIES), "result[0] <= 0.005"),
+        ("quality-drop", f"{lost_minus_gained} / {_increase(m.QUALITY_SCORED_TOKENS, 'canary-hash', window)}",
+         "result[0] <= 0.01"),
     ]
     return {
         "apiVersion": "argoproj.io/v1alpha1", "kind": "AnalysisTemplate", "metadata": {"name": ANALYSIS_TEMPLATE},
