@@ -199,6 +199,8 @@ def test_operator_processes_every_accepted_document(control_plane, tmp_path):
     assert not findings, findings
 
 
+@pytest.mark.skipif(not FULL, reason="make chaos only (QFLEET_CHAOS=full) until it has run on the shared fleet: written "
+                                    "in issue 19, not yet verified (docs/reliability.md)")
 def test_an_edit_that_makes_a_valid_model_invalid_is_refused_and_the_model_keeps_its_spec(control_plane):
     """The spec stays the last valid one (so whatever serves it, stable or canary, keeps serving): every invalid edit
     is refused with a field path and leaves the stored object's generation and spec as they were."""
