@@ -57,7 +57,8 @@ test-integration: venv binaries runtime-env
 
 # The chaos suite at full size (24 kill points, 1,000 fuzzed specs, ...); `make test` runs each scenario's short
 # variant. QFLEET_CHAOS_SEED=<n> replays a run (the seed is printed).
-CHAOS_TESTS := tests/integration/test_spec_fuzz.py tests/integration/test_ha.py tests/integration/test_chaos_kill.py
+CHAOS_TESTS := tests/integration/test_spec_fuzz.py tests/integration/test_ha.py tests/integration/test_chaos_kill.py \
+	tests/integration/test_chaos_faults.py
 chaos: venv binaries runtime-env
 	QFLEET_CHAOS=full $(PY) -m pytest -s $(CHAOS_TESTS) $(PYTEST_ARGS)
 

@@ -9,14 +9,18 @@ import time
 from decimal import Decimal
 
 import pytest
-from chaos import Row, StableWatch, duplicates
+from chaos import FULL, Row, StableWatch, duplicates
 from test_canary import canary_model, route, serve_fp8_then_canary_nvfp4  # noqa: F401  (route: a fixture)
 from test_pipeline import objects, read  # noqa: F401  (objects: a fixture)
 
 from localfleet.operator_process import OperatorProcess
 from localfleet.processes import wait_until
 
-pytestmark = pytest.mark.usefixtures("artifacts_claim", "session_operator_paused")
+pytestmark = [
+    pytest.mark.usefixtures("artifacts_claim", "session_operator_paused"),
+    pytest.mark.skipif(not FULL, reason="make chaos only (QFLEET_CHAOS=full) until it has run to completion on the "
+                                        "shared fleet: written in issue 19, not yet verified (docs/reliability.md)"),
+]
 
 OUTAGE_S = 30
 

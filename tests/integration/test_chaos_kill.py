@@ -31,7 +31,11 @@ from localfleet.processes import wait_until
 from qfleet.api import GROUP, PLURAL, VERSION
 from qfleet.cli import plugin
 
-pytestmark = pytest.mark.usefixtures("artifacts_claim", "session_operator_paused")
+pytestmark = [
+    pytest.mark.usefixtures("artifacts_claim", "session_operator_paused"),
+    pytest.mark.skipif(not FULL, reason="make chaos only (QFLEET_CHAOS=full) until it has run to completion on the "
+                                        "shared fleet: written in issue 19, not yet verified (docs/reliability.md)"),
+]
 
 KILLS = int(os.environ.get("QFLEET_CHAOS_KILLS") or (24 if FULL else 4))
 CYCLES = 4 if FULL else 2

@@ -52,13 +52,17 @@ def _verdict_of_apiserver(custom: k8s.CustomObjectsApi, document: dict, dry_run:
                                                         field_validation="Strict")
         return stored, []
     except ApiException as error:
-        if error.status == 400 and "strict decoding error" in (error.body or ""):
-            # unknown fields (field validation Strict, as kubectl apply sends it): the paths are in the message
-            return None, re.findall(r'unknown field \\"([^"\\]+)\\"', error.body)
-        if error.status != 422:
-            raise
-        causes = json.loads(error.body).get("details", {}).get("causes", [])
-        return None, [cause.get("field") or "" for cause in causes]
+        return None, _rejection_paths(error)
+
+
+def _rejection_paths(error: ApiException) -> list[str]:
+    """The field paths of a refusal: 422 (schema, CEL) or 400 for an unknown field (field validation Strict, as
+    kubectl apply sends it: the paths are in the message); anything else is not a refusal and is raised."""
+    if error.status == 400 and "strict decoding error" in (error.body or ""):
+        return re.findall(r'unknown field \\"([^"\\]+)\\"', error.body)
+    if error.status != 422:
+        raise error
+    return [cause.get("field") or "" for cause in json.loads(error.body).get("details", {}).get("causes", [])]
 
 
 def _parser_paths(document: dict) -> set[str] | None:
@@ -195,6 +199,8 @@ def test_operator_processes_every_accepted_document(control_plane, tmp_path):
     assert not findings, findings
 
 
+@pytest.mark.skipif(not FULL, reason="make chaos only (QFLEET_CHAOS=full) until it has run on the shared fleet: written "
+                                    "in issue 19, not yet verified (docs/reliability.md)")
 def test_an_edit_that_makes_a_valid_model_invalid_is_refused_and_the_model_keeps_its_spec(control_plane):
     """The spec stays the last valid one (so whatever serves it, stable or canary, keeps serving): every invalid edit
     is refused with a field path and leaves the stored object's generation and spec as they were."""
@@ -203,6 +209,7 @@ def test_an_edit_that_makes_a_valid_model_invalid_is_refused_and_the_model_keeps
     stored = custom.create_namespaced_custom_object(GROUP, VERSION, "fuzz", PLURAL,
                                                     {**copy.deepcopy(BASE), "metadata": {"name": "edited"}})
     tally: Counter = Counter()
+    baseline = {"stored": stored}
 
     @seed(SEED + 2)
     @settings(max_examples=EXAMPLES // 4, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -212,20 +219,26 @@ def test_an_edit_that_makes_a_valid_model_invalid_is_refused_and_the_model_keeps
             return
         tally["invalid edits"] += 1
         try:
-            custom.patch_namespaced_custom_object(GROUP, VERSION, "fuzz", PLURAL, "edited",
-                                                  [{"op": "replace", "path": "/spec", "value": document["spec"]}],
-                                                  field_validation="Strict",
-                                                  _content_type="application/json-patch+json")
+            written = custom.patch_namespaced_custom_object(
+                GROUP, VERSION, "fuzz", PLURAL, "edited", [{"op": "replace", "path": "/spec", "value": document["spec"]}],
+                field_validation="Strict", _content_type="application/json-patch+json")
         except ApiException as error:
-            assert error.status in (400, 422), error.body
-            assert "spec." in error.body, error.body
+            paths = _rejection_paths(error)
+            assert any(p.startswith("spec") for p in paths), error.body
             tally["refused"] += 1
-        else:
-            raise AssertionError(f"an invalid edit was stored: {json.dumps(document['spec'])[:600]}")
+            return
+        # accepted: only an edit whose mistakes were nulls, which the apiserver prunes, may land, and what it stored
+        # must be valid
+        on_stored = _parser_paths({k: v for k, v in written.items() if k != "status"})
+        assert on_stored is None, f"an invalid edit was stored ({sorted(on_stored)}): {json.dumps(written['spec'])[:600]}"
+        tally["nulls pruned, stored valid"] += 1
+        baseline["stored"] = written
 
     edit()
     now = custom.get_namespaced_custom_object(GROUP, VERSION, "fuzz", PLURAL, "edited")
     print(f"\ninvalid edits: {dict(tally)}")
-    assert tally["invalid edits"] >= EXAMPLES // 8 and tally["refused"] == tally["invalid edits"], tally
-    assert now["metadata"]["generation"] == stored["metadata"]["generation"] and now["spec"] == stored["spec"]
+    assert tally["invalid edits"] >= EXAMPLES // 8, tally
+    assert tally["refused"] + tally["nulls pruned, stored valid"] == tally["invalid edits"], tally
+    last = baseline["stored"]
+    assert now["metadata"]["generation"] == last["metadata"]["generation"] and now["spec"] == last["spec"]
     Row("invalid edits of a valid model", faults=tally["invalid edits"]).record(True)
