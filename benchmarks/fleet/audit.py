@@ -64,8 +64,14 @@ def read(path: Path, user: str, since: float, until: float) -> Counter:
         return requests(log, user, since, until)
 
 
+LEASES = "leases"
+"""Leader election's heartbeat: counted apart from the work, since its rate is set by the Lease, not by the models."""
+
+
 def totals(counts: Counter) -> dict[str, int]:
-    reads = sum(n for (verb, _), n in counts.items() if verb in READ_VERBS)
-    everything = sum(counts.values())
+    work = Counter({key: n for key, n in counts.items() if key[1] != LEASES})
+    reads = sum(n for (verb, _), n in work.items() if verb in READ_VERBS)
+    everything = sum(work.values())
     return {"requests": everything, "reads": reads, "writes": everything - reads,
-            "gets": sum(n for (verb, _), n in counts.items() if verb == "get")}
+            "gets": sum(n for (verb, _), n in work.items() if verb == "get"),
+            "lease_requests": sum(counts.values()) - everything}

@@ -90,7 +90,8 @@ def run_qfleet(fleet: Fleet, work: wl.Workload, prometheus: str, work_dir: Path,
                                                  work_dir / "qfleet-kubeconfig", seconds=12 * 3600)
     operator, liveness = from_chart(manifest, kubeconfig, work_dir / "qfleet-operator.log")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    settings = {e["name"]: e["value"] for e in container.get("env", []) if e["name"].startswith("QFLEET_")}
+    settings = {e["name"]: e["value"] for e in container.get("env", [])
+                if e["name"].startswith("QFLEET_") and "value" in e}
     pid = operator.start()
     try:
         processes.wait_until("the operator's liveness endpoint", lambda: urllib.request.urlopen(

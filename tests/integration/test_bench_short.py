@@ -1,7 +1,8 @@
 """`make bench`'s short variant (N = 20, NODES = 20, the qfleet leg only) on a fleet of its own with the apiserver's
 audit log: not times, but the invariants a fleet operator owes at any size. Every model reaches serving and then its
 canary is promoted through three steps on real PromQL answers; no child is created twice; and in the quiet minute the
-operator writes nothing and reads only through its watches (requests counted at the apiserver)."""
+operator writes nothing but its leader-election Lease and reads only through its watches (requests counted at the
+apiserver)."""
 from __future__ import annotations
 
 from collections import Counter
@@ -44,6 +45,8 @@ def test_twenty_models_are_served_and_promoted_with_no_duplicate_child_and_a_sil
     assert set(children["jobs"].values()) == {1}
     creates = {key: n for key, n in {**by_verb[serving["name"]]}.items() if key.startswith("create ")}
     assert creates.get("create deployments") == MODELS and creates.get("create jobs") == 3 * MODELS
-    assert quiet["writes"] == 0, by_verb[quiet["name"]]
-    assert all(key.startswith("watch ") for key in by_verb[quiet["name"]]), by_verb[quiet["name"]]
+    # the only requests of a quiet minute: the leader's Lease renewals (the chart runs leader election) and watches
+    work = {key: n for key, n in by_verb[quiet["name"]].items() if not key.endswith(" leases")}
+    assert quiet["writes"] == 0, work
+    assert all(key.startswith("watch ") for key in work), work
     assert promoted["visits"] > 0 and serving["requests"] > 0

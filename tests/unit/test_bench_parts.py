@@ -42,7 +42,13 @@ def test_audit_events_are_attributed_to_the_controllers_user_within_the_window(l
 def test_audit_totals_split_reads_and_writes():
     counts = audit.requests([event("get", "ResponseComplete"), event("watch", "ResponseStarted"),
                              event("patch", "ResponseComplete")], USER, NOON - 1, NOON + 1)
-    assert audit.totals(counts) == {"requests": 3, "reads": 2, "writes": 1, "gets": 1}
+    assert audit.totals(counts) == {"requests": 3, "reads": 2, "writes": 1, "gets": 1, "lease_requests": 0}
+
+
+def test_lease_renewals_are_counted_apart_from_the_work():
+    counts = audit.requests([event("update", "ResponseComplete", "leases"), event("get", "ResponseComplete", "leases"),
+                             event("patch", "ResponseComplete")], USER, NOON - 1, NOON + 1)
+    assert audit.totals(counts) == {"requests": 1, "reads": 0, "writes": 1, "gets": 0, "lease_requests": 2}
 
 
 def test_the_audit_policy_records_only_the_controllers_without_bodies():
