@@ -16,7 +16,7 @@ help:
 	@echo "make test-runtime      the runtime's tests (ModelOpt, torch) in its own cached virtual environment"
 	@echo "make fleet-up          start the local fleet (python -m localfleet up)"
 	@echo "make fleet-down        stop it"
-	@echo "make demo              the whole story on the local fleet (about 11 min warm), report in demo-report/"
+	@echo "make demo              the whole story on the local fleet (about 33 min warm), report in demo-report/"
 	@echo "make demo-down         stop everything make demo started"
 	@echo "make bench             the fleet race: qfleet and Argo Rollouts, N models on NODES simulated GPU nodes (N=1000 NODES=1000)"
 	@echo "make bench-runtime     prefix-cache hit rate and TTFT by KV format and budget (CPU), in benchmarks/results/"
