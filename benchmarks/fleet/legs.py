@@ -125,22 +125,32 @@ def run_qfleet(fleet: Fleet, work: wl.Workload, prometheus: str, work_dir: Path,
         started = clock("2 update -> promoted")
         _patch_all(api, GROUP, VERSION, PLURAL, placement, {"spec": {"serving": {"image": wl.SERVING_IMAGES[1]}}})
 
-        def promoted(obj: dict) -> bool:
+        outcome: dict[tuple[str, str], str] = {}
+
+        def decided(obj: dict) -> bool:
+            """Promoted (a new stable), or rolled back by a gate: either way the canary is over. A rollback of
+            these healthy canaries is a finding, counted in the results."""
             status = obj.get("status") or {}
             revision = status.get("revision") or {}
             key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
-            return (status.get("observedGeneration") == obj["metadata"]["generation"] and not revision.get("canary")
-                    and revision.get("stable") not in (None, stable[key]))
+            if status.get("observedGeneration") != obj["metadata"]["generation"] or revision.get("canary"):
+                return False
+            if revision.get("stable") not in (None, stable[key]):
+                outcome[key] = "promoted"
+            elif status.get("phase") == "RolledBack":
+                outcome[key] = "rolled back"
+            return key in outcome
 
-        awaiting.all_reach(api, GROUP, VERSION, PLURAL, expected, promoted, timeout, "qfleet models promoted", log)
+        awaiting.all_reach(api, GROUP, VERSION, PLURAL, expected, decided, timeout, "qfleet canaries decided", log)
         # done means done: the superseded revisions are down to zero (after qfleet's 30 s scale-down delay)
-        awaiting.all_reach(api, "apps", "v1", "deployments", {(ns, f"{n}-{stable[(ns, n)]}") for ns, n in placement},
+        awaiting.all_reach(api, "apps", "v1", "deployments",
+                           {(ns, f"{n}-{stable[(ns, n)]}") for ns, n in placement if outcome[(ns, n)] == "promoted"},
                            _scaled_to_zero, timeout, "superseded Deployments at zero", log)
         phases.append(started.end())
         log(f"  phase 2: {phases[-1].wall_s:.0f} s")
         phases.append(_quiet(clock))
-        rollbacks = operator.metric("qfleet_operator_rollbacks_total")
-        return phases, {"settings": settings, "rollbacks": rollbacks}
+        rollbacks = sorted(f"{ns}/{n}" for (ns, n), result in outcome.items() if result == "rolled back")
+        return phases, {"settings": settings, "rollbacks": len(rollbacks), "rolled_back": rollbacks[:20]}
     finally:
         operator.stop()
 
@@ -219,15 +229,25 @@ def run_argo(fleet: Fleet, work: wl.Workload, prometheus: str, work_dir: Path, t
                                                                     "image": wl.SERVING_IMAGES[1]}]}}}})
 
         first_seen = dict(first)
-        awaiting.all_reach(api, "argoproj.io", "v1alpha1", "rollouts", expected,
-                           lambda obj: _promoted_from(obj, first_seen), timeout, "Rollouts promoted", log)
-        awaiting.all_reach(api, "apps", "v1", "replicasets", {(ns, f"{n}-{first_seen[(ns, n)]}") for ns, n in placement},
+        aborted: set[tuple[str, str]] = set()
+
+        def decided(obj: dict) -> bool:
+            if (obj.get("status") or {}).get("abort"):  # an analysis failed: the rollout went back to stable
+                aborted.add((obj["metadata"]["namespace"], obj["metadata"]["name"]))
+                return True
+            return _promoted_from(obj, first_seen)
+
+        awaiting.all_reach(api, "argoproj.io", "v1alpha1", "rollouts", expected, decided, timeout,
+                           "Rollouts decided", log)
+        awaiting.all_reach(api, "apps", "v1", "replicasets",
+                           {(ns, f"{n}-{first_seen[(ns, n)]}") for ns, n in placement if (ns, n) not in aborted},
                            _scaled_to_zero, timeout, "superseded ReplicaSets at zero", log)
         phases.append(started.end())
         log(f"  phase 2: {phases[-1].wall_s:.0f} s")
         phases.append(_quiet(clock))
         return phases, {"settings": {"qps": "40", "burst": "80", "rollout-threads": "10",
-                                    "analysis-threads": "30", "note": "the controller's defaults"}}
+                                    "analysis-threads": "30", "note": "the controller's defaults"},
+                        "rollbacks": len(aborted), "rolled_back": sorted(f"{ns}/{n}" for ns, n in aborted)[:20]}
     finally:
         controller.terminate()
         try:

@@ -115,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         """Everything measured so far: a leg that fails later leaves the earlier ones on disk."""
         for leg, extra in extras.items():
             header[f"{leg} settings"] = ", ".join(f"{k}={v}" for k, v in extra.get("settings", {}).items())
+            if "rollbacks" in extra:
+                header[f"{leg} healthy canaries rolled back"] = (
+                    f"{extra['rollbacks']} of {args.models}" + (f" ({', '.join(extra['rolled_back'])})"
+                                                                if extra["rollbacks"] else ""))
         if "floor" in results:
             header["fleet floor, phase 1 (s)"] = results["floor"][0]["wall_s"]
         for rows in growth.values():
