@@ -5,12 +5,14 @@ scheduler, KWOK) take for that is the floor qfleet's phase 1 is compared with.""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 from kubernetes import client as k8s
 from kubernetes import watch
 
 from benchmarks.fleet import awaiting, workload as wl
+from benchmarks.fleet.legs import _namespace
 from benchmarks.fleet.measure import Phase
 from localfleet import kube
 from localfleet.fleet import Fleet
@@ -42,8 +44,6 @@ def deployment(model: str) -> dict:
 
 def run_floor(fleet: Fleet, work: wl.Workload, prometheus: str, work_dir: Path, timeout: float, log=print) \
         -> tuple[list[Phase], dict]:
-    from benchmarks.fleet.legs import _namespace  # noqa: PLC0415 (one helper, shared)
-
     api = kube.client(fleet.kubeconfig)
     core, batch, apps = k8s.CoreV1Api(api), k8s.BatchV1Api(api), k8s.AppsV1Api(api)
     for namespace in work.namespace_names():
@@ -82,7 +82,5 @@ def run_floor(fleet: Fleet, work: wl.Workload, prometheus: str, work_dir: Path, 
                        "floor Deployments ready", log)
     wall = time.monotonic() - started
     log(f"  floor: {wall:.0f} s")
-    from collections import Counter
-
     return [Phase("1 apply -> serving (floor)", wall, Counter(), 0.0, 0.0)], {"settings": {
         "what": "3 Jobs then 1 Deployment per model, created by the script as soon as each can be"}}
