@@ -27,6 +27,16 @@ START_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedu
                "prometheus", "traefik")
 
 
+CONTROLLER_QPS = 100
+
+
+def node_monitor_grace_seconds(simulated_nodes: int) -> int:
+    """How long a node's Lease may go unrenewed before it is NotReady: Kubernetes' 50 s for the default pools, longer
+    for a benchmark's thousand nodes, whose Leases KWOK renews late while the machine's two cores are busy. A node
+    marked NotReady marks its pods NotReady, and KWOK, unlike a kubelet, never makes a running pod Ready again."""
+    return max(50, simulated_nodes // 4)
+
+
 @dataclass
 class FleetState:
     run_dir: str
@@ -150,6 +160,7 @@ class Fleet:
             return
 
         kubeconfig = str(self.kubeconfig)
+        manifests = nodes.node_manifests(nodes.load_pools(self.fleet_file))
         common = [f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
                   f"--authorization-kubeconfig={kubeconfig}", "--leader-elect=false", "--bind-address=127.0.0.1",
                   "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics"]
@@ -158,7 +169,11 @@ class Fleet:
             f"--cert-dir={run / 'controller-manager'}", f"--root-ca-file={ca}",
             f"--service-account-private-key-file={key}", "--use-service-account-credentials=true",
             f"--cluster-signing-cert-file={ca}", f"--cluster-signing-key-file={self.pki_dir / 'ca.key'}",
-            "--pvclaimbinder-sync-period=1s"])  # bind claims to volumes within a second, not 15 s
+            "--pvclaimbinder-sync-period=1s",  # bind claims to volumes within a second, not 15 s
+            f"--node-monitor-grace-period={node_monitor_grace_seconds(len(manifests))}s",
+            # the Job and ReplicaSet controllers create every simulated pod: at the default 20 requests a second they,
+            # not the machine, set the pace of a thousand-model fleet
+            f"--kube-api-qps={CONTROLLER_QPS}", f"--kube-api-burst={2 * CONTROLLER_QPS}"])
         scheduler = self._start(state, "kube-scheduler", [
             str(binaries.path_of("kube-scheduler")), *common, f"--secure-port={p['scheduler']}",
             f"--cert-dir={run / 'scheduler'}"])
@@ -171,7 +186,6 @@ class Fleet:
 
         from localfleet import kube  # imported late: the kubernetes client is only needed once the API is up
         api = kube.client(self.kubeconfig)
-        manifests = nodes.node_manifests(nodes.load_pools(self.fleet_file))
         kube.create_nodes(api, manifests)
         kwok = self._start(state, "kwok", [
             str(binaries.path_of("kwok")), f"--kubeconfig={kubeconfig}", f"--config={KWOK_CONFIG}",

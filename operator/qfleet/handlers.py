@@ -31,8 +31,8 @@ SETTINGS = LoopSettings(
     resync_seconds=float(os.environ.get("QFLEET_RESYNC_SECONDS", "600")),
     runtime_image=os.environ.get("QFLEET_RUNTIME_IMAGE") or DEFAULT_RUNTIME_IMAGE,
 )
-API_QPS = float(os.environ.get("QFLEET_API_QPS", "20"))
-API_BURST = int(os.environ.get("QFLEET_API_BURST", "30"))
+API_QPS = float(os.environ.get("QFLEET_API_QPS", "40"))
+API_BURST = int(os.environ.get("QFLEET_API_BURST", "80"))
 OURS = {"app.kubernetes.io/managed-by": MANAGED_BY["app.kubernetes.io/managed-by"]}
 CACHE = FleetCache()
 STATE: dict[str, Any] = {}
