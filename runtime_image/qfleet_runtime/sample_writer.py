@@ -46,7 +46,8 @@ class PromptSampler:
         self.directory = Path(directory)
         self.path = ps.pod_file(self.directory, host or socket.gethostname())
         self.max_entries, self.retention, self.fingerprint = max_entries, retention_seconds, fingerprint
-        self.max_tokens, self.flush_every, self.flush_seconds, self.clock = max_tokens, flush_every, flush_seconds, clock
+        self.max_tokens, self.clock = max_tokens, clock
+        self.flush_every, self.flush_seconds = flush_every, flush_seconds
         self._ring: OrderedDict[bytes, float] = OrderedDict()
         """Packed ids (array('i').tobytes()) -> when last served; oldest first."""
         self._lock = threading.Lock()
