@@ -6,6 +6,8 @@
 2. Export with `export_hf_checkpoint` (fp8, nvfp4: `kv_cache_quant_algo` and per-layer k_scale/v_scale) into
    <artifacts>/calibrated/ (a temporary directory, renamed when complete). ModelOpt 0.47 calibrates INT8 KV but its
    export rejects it, so for int8 the runtime writes the checkpoint itself (see `_export_int8`).
+   The samples: with --recent-sample, round(samples * share) of them are the most recent distinct prompts of the
+   serving pods' sample (`prompt_sample`), the rest come from --dataset; `datasetMix` records the split.
 3. Analysis on a fresh copy of the model with qfleet's own KV fake quantization (kvquant) and the calibrated amax:
    per layer, the relative error of K and V and the mean next-token KL (nats/token, against the bf16-KV model) when
    only that layer's KV is quantized; layers above --max-layer-kl are the fallback layers.
@@ -15,14 +17,16 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from qfleet.formats import UnknownFormatError, kv_format
 
-from . import kvquant, measure, model_recipe
+from . import kvquant, measure, model_recipe, prompt_sample
 from .common import EXIT_NOT_IMPLEMENTED, StepError, Timer, device, resolve_model, write_report
 from .datasets import calibration_set
 
@@ -48,6 +52,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "(it calibrates the KV cache of bf16 weights)", exit_code=EXIT_NOT_IMPLEMENTED)
     if args.samples < 1 or args.max_seq_len < 2:
         raise StepError("--samples must be at least 1 and --max-seq-len at least 2")
+    if not 0.0 <= args.recent_share <= 1.0:
+        raise StepError(f"--recent-share must be between 0 and 1 (got {args.recent_share})")
     max_layer_kl = Decimal(args.max_layer_kl) if args.max_layer_kl is not None else None
 
     import torch
@@ -61,7 +67,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     model, tokenizer = model_recipe.load(model_path)
     model.to(torch_device)
-    ids = measure.tokenize(tokenizer, data.texts, args.max_seq_len)
+    recent, recent_report = recent_samples(args, tokenizer)
+    data = data.first(args.samples - len(recent))
+    configured = measure.tokenize(tokenizer, data.texts, args.max_seq_len)
+    ids = [torch.tensor([list(r)]) for r in recent] + configured
     if not ids:
         raise StepError(f"calibration dataset {args.dataset!r} gave no sample of 2 tokens or more")
     layers = measure.num_layers(model)
@@ -101,6 +110,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dataset": data.requested,
         "datasetUsed": data.used,
         "datasetHash": data.digest,
+        "datasetMix": {"configured": len(configured), "recent": len(recent)},
         "modelOptVersion": modelopt_version,
         "device": device_text,
         "path": str(checkpoint) if amax is not None else None,
@@ -114,6 +124,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "weights": args.weights,
         "maxSeqLen": args.max_seq_len,
         "maxLayerKL": args.max_layer_kl,
+        "recentSample": recent_report,
         "analysis": {"samples": len(analysis_ids), "tokens": int(sum(x.shape[1] for x in analysis_ids)),
                      "method": "qfleet kvquant fake quantization with the calibrated amax; KL(bf16 KV || "
                                "quantized KV) of the next-token distribution, mean nats per token"},
@@ -125,6 +136,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     summary["report"] = str(report_path)
     summary["durationSeconds"] = timer.seconds
     return summary
+
+
+def recent_samples(args: argparse.Namespace, tokenizer) -> tuple[tuple[tuple[int, ...], ...], dict[str, Any]]:  # type: ignore[no-untyped-def]
+    """The calibration samples taken from the serving prompt sample, most recent first, and what the report says of
+    them. No directory, an empty one or a share of 0: none (the dataset alone), never an error. Logs counts only."""
+    wanted = prompt_sample.recent_wanted(args.samples, args.recent_share) if args.recent_sample else 0
+    report: dict[str, Any] = {"dir": args.recent_sample, "share": args.recent_share, "wanted": wanted}
+    if not args.recent_sample:
+        return (), report
+    entries = prompt_sample.read_dir(Path(args.recent_sample), time.time(), args.recent_retention)
+    chosen = prompt_sample.select(entries, wanted, args.max_seq_len, prompt_sample.tokenizer_fingerprint(tokenizer))
+    report |= {"retentionSeconds": args.recent_retention, "entries": len(entries), "usable": chosen.usable,
+               "otherTokenizer": chosen.other_tokenizer, "used": len(chosen.ids),
+               "hash": prompt_sample.digest(chosen.ids) if chosen.ids else None}
+    print(f"calibrate: recent sample {args.recent_sample}: {len(chosen.ids)} of {wanted} wanted samples from "
+          f"{len(entries)} fresh entries ({chosen.usable} distinct usable, {chosen.other_tokenizer} of another "
+          f"tokenizer skipped)", file=sys.stderr, flush=True)
+    return chosen.ids, report
 
 
 def _sig(value: float) -> float:

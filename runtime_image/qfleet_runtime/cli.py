@@ -21,6 +21,7 @@ from typing import Any
 
 from qfleet.api.jobs import PROGRAM, Step
 
+from . import prompt_sample
 from .common import (EXIT_FAILED, EXIT_NOT_IMPLEMENTED, EXIT_OUT_OF_MEMORY, StepError, Timer, injected_fault,
                      one_line, write_summary)
 
@@ -48,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--max-layer-kl", default=None, help="layers whose KL is above it are fallback layers")
     calibrate.add_argument("--analysis-samples", type=int, default=8,
                            help="(not rendered by the operator) samples used for the per-layer KL analysis")
+    calibrate.add_argument("--recent-sample", default=None, metavar="DIR",
+                           help="a serving prompt sample (serve --prompt-sample-dir): round(samples * share) samples "
+                                "come from its most recent prompts, the rest from --dataset")
+    calibrate.add_argument("--recent-share", type=float, default=prompt_sample.DEFAULT_RECENT_SHARE,
+                           metavar="FRACTION",
+                           help=f"share of --samples taken from --recent-sample (default "
+                                f"{prompt_sample.DEFAULT_RECENT_SHARE})")
+    calibrate.add_argument("--recent-retention", type=float, default=prompt_sample.DEFAULT_RETENTION_SECONDS,
+                           metavar="SECONDS", help="ignore sampled prompts older than this (default "
+                                                   f"{prompt_sample.DEFAULT_RETENTION_SECONDS}, 7 days)")
 
     build = step_parser(Step.BUILD, "Triton model repositories (qfleet backend; TensorRT-LLM LLM-API files) and a manifest")
     build.add_argument("--backend", required=True)
@@ -100,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"outlier detector factor, 0 = off {tuning}: QFLEET_OUTLIER_FACTOR")
     serve.add_argument("--block-tokens", type=int, default=None, help=f"tokens per prefix-cache block {tuning}")
     serve.add_argument("--threads", type=int, default=None, help=f"torch threads in the backend {tuning}")
+    serve.add_argument("--prompt-sample-dir", default=None,
+                       help="opt-in: keep a bounded sample of served prompts (token ids) in DIR/<hostname>.jsonl for "
+                            "re-calibration on recent traffic (default: no sample)")
+    serve.add_argument("--prompt-sample-max", type=int, default=prompt_sample.DEFAULT_MAX_ENTRIES,
+                       help="most recent distinct prompts kept per pod, and read by calibrate overall "
+                            f"(default {prompt_sample.DEFAULT_MAX_ENTRIES})")
+    serve.add_argument("--prompt-sample-retention", type=float, default=prompt_sample.DEFAULT_RETENTION_SECONDS,
+                       help="seconds a sampled prompt is kept (default "
+                            f"{prompt_sample.DEFAULT_RETENTION_SECONDS}, 7 days)")
     return parser
 
 

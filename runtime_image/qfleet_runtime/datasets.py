@@ -37,6 +37,10 @@ class CalibrationSet:
     texts: tuple[str, ...]
     note: str | None
 
+    def first(self, count: int) -> CalibrationSet:
+        """The same set cut to its first `count` texts (the rest of a calibration came from elsewhere)."""
+        return CalibrationSet(self.requested, self.used, self.texts[: max(0, count)], self.note)
+
     @property
     def digest(self) -> str:
         return "sha256:" + hashlib.sha256(json.dumps(self.texts).encode()).hexdigest()[:16]

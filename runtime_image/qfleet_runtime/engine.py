@@ -9,12 +9,16 @@ It runs inside Triton's Python backend (`triton_model`), but knows nothing of Tr
   scale can hold without clipping), or flagged by the layer's outlier detector, is kept in bf16 beside the packed
   codes. Layers in the calibration report's `fallbackLayers` are stored in bf16 altogether. The fallback rate is
   `qfleet_kv_fallback_entries_total` over `qfleet_kv_entries_total` (entries of quantized layers); a token counts
-  once in `qfleet_kv_fallback_tokens_total` when any of its quantized-layer entries fell back.
+  once in `qfleet_kv_fallback_tokens_total` when any of its quantized-layer entries fell back. The values above the
+  calibrated amax go to `qfleet_kv_out_of_range_values_total` over `qfleet_kv_values_total` (re-calibration's drift
+  signal).
 - **Prefix cache.** Prompt K/V in blocks of `block_tokens`, keyed by the whole prefix, LRU within a byte budget
   (`prefix_cache`); blocks are kept packed, so the same budget holds about 3.5x more NVFP4 blocks than BF16.
 - **Live quality** (`quality`). A share of requests is rescored in a background thread: the prompt's next tokens
   predicted with the served plan and with BF16 KV, the same definition as evaluate's `qualityDrop`; the counts go to
   `qfleet_quality_*_tokens_total`, the mean KL and top-1 agreement to the quality histograms.
+- **Prompt sample** (opt-in, `sample_writer`): with `prompt_sample_dir` set, every served prompt's token ids go to a
+  bounded ring written to `<dir>/<hostname>.jsonl` from a background thread, for re-calibration on recent traffic.
 - **Fault switch** (environment): QFLEET_FAULT_LATENCY_SECONDS adds latency to every request;
   QFLEET_FAULT_KV_SCALE multiplies the calibrated K/V amax (below 1: a stale calibration, values pass the scale and
   the fallback rate rises); QFLEET_FAULT_QUALITY_DROP adds Gaussian noise (std x * amax) to K and V as they are
@@ -37,8 +41,9 @@ import torch
 
 from qfleet.api import metrics as m
 
-from . import kvstore, model_recipe, quality
+from . import kvstore, model_recipe, prompt_sample, quality
 from .prefix_cache import PrefixCache, block_keys, reusable_blocks
+from .sample_writer import PromptSampler
 from .serving_metrics import RecordingSink, Sink
 from .stored_cache import StoredCache, StoredLayer, WriteLog, build_cache
 
@@ -102,6 +107,10 @@ class EngineConfig:
     faults: Faults = field(default_factory=Faults)
     threads: int = 0
     """torch intra-op threads (0: torch's default)."""
+    prompt_sample_dir: Path | None = None
+    """Where this pod keeps its sample of served prompts (None: no sample, the default)."""
+    prompt_sample_max: int = prompt_sample.DEFAULT_MAX_ENTRIES
+    prompt_sample_retention: float = prompt_sample.DEFAULT_RETENTION_SECONDS
 
 
 def calibrated_amax(report_path: Path, kv_format: str) -> tuple[tuple[tuple[float, float], ...], frozenset[int]]:
@@ -135,6 +144,8 @@ class Generation:
     sampled: bool = False
     kv_entries: int = 0
     fallback_entries: int = 0
+    kv_values: int = 0
+    out_of_range_values: int = 0
 
 
 class Engine:
@@ -169,6 +180,11 @@ class Engine:
         self.quality_done = 0
         self._worker = threading.Thread(target=self._quality_loop, name="qfleet-quality", daemon=True)
         self._worker.start()
+        self.sample: PromptSampler | None = None
+        if config.prompt_sample_dir is not None:
+            self.sample = PromptSampler(config.prompt_sample_dir, config.prompt_sample_max,
+                                        config.prompt_sample_retention,
+                                        prompt_sample.tokenizer_fingerprint(self.tokenizer), config.max_seq_len)
         self._set_bytes_gauge()
 
     # -- caches --
@@ -204,6 +220,8 @@ class Engine:
             raise ServeError(f"the prompt has {len(ids)} tokens; the engine was built for at most "
                              f"{self.config.max_seq_len} tokens in all")
         max_tokens = max(1, min(int(max_tokens), self.config.max_seq_len - len(ids)))
+        if self.sample is not None:
+            self.sample.offer(ids)
         B = self.config.block_tokens
         keys = block_keys(ids, B, limit=reusable_blocks(len(ids), B))
         with self._lock:
@@ -215,6 +233,7 @@ class Engine:
         out = self.model(input_ids=torch.tensor([ids[reused:]]), past_key_values=cache, use_cache=True)
         written, fallback = len(ids) - reused, len(cache.write_log.take())
         entries, fallback_entries = cache.write_log.take_entries()
+        values, out_of_range = cache.write_log.take_values()
         for b in range(found.hits, len(keys)):
             payload, nbytes = cache.block(b * B, (b + 1) * B)
             with self._lock:
@@ -239,6 +258,8 @@ class Engine:
             fallback += len(cache.write_log.take())
             more, more_fallback = cache.write_log.take_entries()
             entries, fallback_entries = entries + more, fallback_entries + more_fallback
+            more, more_out = cache.write_log.take_values()
+            values, out_of_range = values + more, out_of_range + more_out
             logits = out.logits[0, -1].float()
             self.in_flight_bytes = cache.nbytes
             self._set_bytes_gauge()
@@ -249,6 +270,8 @@ class Engine:
         self.sink.add(m.KV_FALLBACK_TOKENS, fallback)
         self.sink.add(m.KV_ENTRIES, entries)
         self.sink.add(m.KV_FALLBACK_ENTRIES, fallback_entries)
+        self.sink.add(m.KV_VALUES, values)
+        self.sink.add(m.KV_OUT_OF_RANGE_VALUES, out_of_range)
         self.sink.add(m.PREFIX_CACHE_HITS, found.hits)
         self.sink.add(m.PREFIX_CACHE_MISSES, found.misses)
         self.sink.set(m.KV_BYTES_PER_TOKEN, kv_bytes / max(1, kv_tokens))
@@ -260,18 +283,19 @@ class Engine:
         text = self.tokenizer.decode(generated, skip_special_tokens=True)
         return Generation(text, len(ids), len(generated), found.hits, found.misses, fallback, kv_bytes, kv_tokens,
                           ttft, time.monotonic() - t0, sampled,
-                          kv_entries=entries, fallback_entries=fallback_entries)
+                          kv_entries=entries, fallback_entries=fallback_entries, kv_values=values,
+                          out_of_range_values=out_of_range)
 
     def warm_up(self) -> None:
         """One short generation before the server says ready, counted nowhere: the first call pays torch's lazy
         set-up (about a second on CPU), which would otherwise land in the first real request's latency and, on a
         canary with few requests, in its p99."""
-        sink, prefix, requests = self.sink, self.prefix, self.requests
-        self.sink, self.prefix = RecordingSink(), PrefixCache(self.config.prefix_cache_bytes)
+        sink, prefix, requests, sample = self.sink, self.prefix, self.requests, self.sample
+        self.sink, self.prefix, self.sample = RecordingSink(), PrefixCache(self.config.prefix_cache_bytes), None
         try:
             self.generate("Warm up the model.", 2)
         finally:
-            self.sink, self.prefix, self.requests = sink, prefix, requests
+            self.sink, self.prefix, self.requests, self.sample = sink, prefix, requests, sample
 
     def request(self, prompt: str, max_tokens: int, started: float | None = None) -> Generation:
         """`generate` plus the request-level metrics (outcome, duration, token counts); re-raises failures."""
@@ -336,6 +360,8 @@ class Engine:
         return True
 
     def close(self) -> None:
+        if self.sample is not None:
+            self.sample.close()
         try:
             self._quality.put(None, timeout=5)
         except queue.Full:

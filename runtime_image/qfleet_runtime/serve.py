@@ -86,12 +86,35 @@ def backend_directory(root: Path, workdir: Path) -> Path:
 def serving_overrides(args: argparse.Namespace) -> dict[str, str]:
     """config.pbtxt parameters this machine decides: the environment, the code location, the serving flags."""
     values = {"EXECUTION_ENV_PATH": sys.prefix, "QFLEET_PYTHONPATH": source_paths()}
-    for flag, key in (("prefix_cache_bytes", "prefix_cache_bytes"), ("quality_sample_share", "quality_sample_share"),
-                      ("outlier_factor", "outlier_factor"), ("block_tokens", "block_tokens"), ("threads", "threads")):
-        value = getattr(args, flag, None)
+    for key in ("prefix_cache_bytes", "quality_sample_share", "outlier_factor", "block_tokens", "threads"):
+        value = getattr(args, key, None)
         if value is not None:
             values[key] = str(value)
-    return values
+    return values | prompt_sample_parameters(args)
+
+
+def prompt_sample_parameters(args: argparse.Namespace) -> dict[str, str]:
+    """The opt-in prompt sample's parameters: none without --prompt-sample-dir (the sample is off)."""
+    directory = getattr(args, "prompt_sample_dir", None)
+    if not directory:
+        return {}
+    size, retention = args.prompt_sample_max, args.prompt_sample_retention
+    if size < 1 or not retention > 0:
+        raise StepError(f"--prompt-sample-max must be at least 1 (got {size}) and --prompt-sample-retention above 0 "
+                        f"seconds (got {retention})")
+    return {"prompt_sample_dir": str(Path(directory).resolve()), "prompt_sample_max": str(size),
+            "prompt_sample_retention": f"{retention:g}"}
+
+
+def check_sample_directory(directory: str) -> None:
+    """The sample is a side job: a directory this pod cannot write is a warning, not a reason to refuse serving."""
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-", delete=True)
+        probe.close()
+    except OSError as error:
+        print(f"qfleet-runtime serve: warning: the prompt sample directory {directory} is not writable "
+              f"({type(error).__name__}); no sample will be kept", file=sys.stderr, flush=True)
 
 
 def model_repository(engine: Path, workdir: Path, overrides: dict[str, str]) -> Path:
@@ -147,7 +170,12 @@ def run(args: argparse.Namespace) -> int:
     front: Front | None = None
     try:
         env = dict(os.environ)
+        if getattr(args, "prompt_sample_dir", None):
+            check_sample_directory(args.prompt_sample_dir)
         if manifest.get("target") == TARGET_GPU and not args.cpu:
+            if getattr(args, "prompt_sample_dir", None):
+                print("qfleet-runtime serve: warning: the TensorRT-LLM backend keeps no prompt sample "
+                      "(--prompt-sample-dir applies to the qfleet backend)", file=sys.stderr, flush=True)
             binary = shutil.which("tritonserver") or "/opt/tritonserver/bin/tritonserver"
             cmd = command(binary, engine / triton_repo.GPU_DIR / "model_repository", None, args)
         else:

@@ -10,6 +10,10 @@ kept at higher precision: their ratio is the fallback rate (`qfleet_kv_fallback_
 `qfleet_kv_entries_total`), which, since every entry has the same number of values, is also the share of quantized KV
 values held at higher precision. Layers planned at bf16 (`fallbackLayers`) are not quantized and not counted. The
 per-token series (a token counts once when any of its quantized-layer entries fell back) is kept beside it.
+
+Out-of-range values. `WriteLog` also counts the K/V values written to quantized layers and, of those, the values whose
+|x| is above the calibrated amax (`qfleet_kv_out_of_range_values_total` over `qfleet_kv_values_total`): the share of
+traffic the calibration did not cover, the re-calibration drift signal. One vectorised comparison per stored tensor.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ class WriteLog:
         self.fallback: dict[int, str] = {}
         self.entries = 0
         self.fallback_entries = 0
+        self.values = 0
+        self.out_of_range = 0
 
     def record(self, start: int, reasons: list[str]) -> None:
         for offset, reason in enumerate(reasons):
@@ -41,6 +47,17 @@ class WriteLog:
         """One quantized tensor's (head, token) fallback mask: all its entries were written, the true ones fell back."""
         self.entries += int(mask.numel())
         self.fallback_entries += int(mask.sum())
+
+    def count_values(self, magnitudes: torch.Tensor, amax: float) -> None:
+        """One quantized tensor's |x|: all its values were written, those above `amax` were out of range."""
+        self.values += int(magnitudes.numel())
+        self.out_of_range += int((magnitudes > amax).sum())
+
+    def take_values(self) -> tuple[int, int]:
+        """(values written to quantized layers, values above the calibrated amax) since the last call."""
+        out = (self.values, self.out_of_range)
+        self.values = self.out_of_range = 0
+        return out
 
     def take(self) -> dict[int, str]:
         out, self.fallback = self.fallback, {}
@@ -95,11 +112,14 @@ class StoredLayer(DynamicLayer):
         v_amax = self.v_amax or max(float(v.abs().max()), 1e-12)
         if self.kv_format != "bf16":
             k_detector, v_detector = self.detectors or (None, None)
-            k_mask, k_reasons = kvstore.fallback_entries(k.abs().amax(dim=-1), k_amax, k_detector)
-            v_mask, v_reasons = kvstore.fallback_entries(v.abs().amax(dim=-1), v_amax, v_detector)
+            k_abs, v_abs = k.abs(), v.abs()
+            k_mask, k_reasons = kvstore.fallback_entries(k_abs.amax(dim=-1), k_amax, k_detector)
+            v_mask, v_reasons = kvstore.fallback_entries(v_abs.amax(dim=-1), v_amax, v_detector)
             self.log.record(start, kvstore.merge_reasons(k_reasons, v_reasons))
             self.log.count(k_mask)
             self.log.count(v_mask)
+            self.log.count_values(k_abs, k_amax)
+            self.log.count_values(v_abs, v_amax)
             if self.noise > 0:
                 k = k + torch.randn(k.shape, generator=self.generator) * (self.noise * k_amax)
                 v = v + torch.randn(v.shape, generator=self.generator) * (self.noise * v_amax)

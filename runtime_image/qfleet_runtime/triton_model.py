@@ -4,7 +4,7 @@ The model repository's `model.py` (written by `qfleet-runtime build`) puts the d
 QFLEET_PYTHONPATH on sys.path (the backend's stub ignores PYTHONPATH) and delegates here. Parameters (config.pbtxt):
 
     kv_format, artifacts, model_path, calibration_report, max_seq_len, prefix_cache_bytes, block_tokens,
-    outlier_factor, quality_sample_share, threads
+    outlier_factor, quality_sample_share, threads, prompt_sample_dir, prompt_sample_max, prompt_sample_retention
 
 Inputs: `text_input` (BYTES) and optional `max_tokens` (INT32), each [batch, 1]. Outputs: `text_output` (BYTES),
 `num_input_tokens`, `num_output_tokens`, `prefix_cache_hit_blocks` (INT32). The requests of one `execute` call run
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import engine as eng
+from . import prompt_sample
 from .serving_metrics import TritonSink
 
 DEFAULT_MAX_TOKENS = 32
@@ -50,7 +51,10 @@ def engine_config(parameters: dict[str, str]) -> eng.EngineConfig:
         block_tokens=int(number("block_tokens", eng.DEFAULT_BLOCK_TOKENS)),
         outlier_factor=number("outlier_factor", eng.DEFAULT_OUTLIER_FACTOR),
         quality_share=number("quality_sample_share", eng.DEFAULT_QUALITY_SHARE),
-        faults=eng.Faults.from_env(), threads=int(number("threads", 0)))
+        faults=eng.Faults.from_env(), threads=int(number("threads", 0)),
+        prompt_sample_dir=Path(sample_dir) if (sample_dir := parameters.get("prompt_sample_dir", "").strip()) else None,
+        prompt_sample_max=int(number("prompt_sample_max", prompt_sample.DEFAULT_MAX_ENTRIES)),
+        prompt_sample_retention=number("prompt_sample_retention", prompt_sample.DEFAULT_RETENTION_SECONDS))
 
 
 def request_start(parameters: str | None, execute_started: float, wall: Callable[[], float] = time.time,
@@ -79,9 +83,11 @@ class QfleetModel:
         started = time.monotonic()
         self.engine = eng.Engine(settings, self.sink, self.name)
         self.engine.warm_up()  # before initialize returns, so /v2/health/ready waits for it
+        sample = (f"{settings.prompt_sample_dir} (at most {settings.prompt_sample_max}, kept "
+                  f"{settings.prompt_sample_retention:g} s)" if settings.prompt_sample_dir else "off")
         logging.getLogger("qfleet.serve").warning(
-            "qfleet model %s loaded: KV %s, fallback layers %s, faults %s, in %.1f s", self.name, settings.kv_format,
-            sorted(settings.fallback_layers), settings.faults, time.monotonic() - started)
+            "qfleet model %s loaded: KV %s, fallback layers %s, faults %s, prompt sample %s, in %.1f s", self.name,
+            settings.kv_format, sorted(settings.fallback_layers), settings.faults, sample, time.monotonic() - started)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb = self.pb

@@ -59,6 +59,40 @@ def test_a_fallback_layer_of_the_plan_is_bf16_and_not_counted() -> None:
     assert cache.write_log.take_entries() == (24, 1)
 
 
+@pytest.mark.parametrize(("kv_format", "amax", "k_high", "v_high", "values", "out_of_range", "fallback"), [
+    # 2 (K, V) x 3 heads x 4 tokens x 64 values = 1536 values; K holds 0.5 with one `k_high` at (head 1, token 2) and
+    # one at (head 0, token 0), V the same with `v_high`; `amax` is K's and V's calibrated amax.
+    ("fp8", 1.0, 0.5, 0.5, 1536, 0, 0),                 # everything in range
+    ("fp8", 1.0, 1.0, 0.5, 1536, 0, 0),                 # exactly amax is in range (the scale holds it)
+    ("fp8", 1.0, 2.0, 0.5, 1536, 2, 2),                 # two values out, two entries of 64 values fall back
+    ("nvfp4", 1.0, 2.0, 3.0, 1536, 4, 4),
+    ("int8", 0.25, 0.5, 0.5, 1536, 1536, 24),           # a stale amax below everything: every value out
+    ("bf16", 1.0, 2.0, 2.0, 0, 0, 0),                   # a bf16 layer has no calibrated range
+])
+def test_the_out_of_range_share_counts_values_above_the_calibrated_amax(
+        kv_format: str, amax: float, k_high: float, v_high: float, values: int, out_of_range: int,
+        fallback: int) -> None:
+    log = WriteLog()
+    layer = StoredLayer(0, kv_format, amax, amax, log, None)
+    layer.update(_tensor(4, [(1, 2), (0, 0)], high=k_high), _tensor(4, [(1, 2), (0, 0)], high=v_high))
+    assert log.take_values() == (values, out_of_range)
+    assert log.take_entries()[1] == fallback
+    assert log.take_values() == (0, 0), "take resets"
+
+
+def test_out_of_range_values_reach_the_serving_counters_with_the_fallback_labels() -> None:
+    from qfleet_runtime import serving_metrics
+
+    for name in (contract.KV_VALUES, contract.KV_OUT_OF_RANGE_VALUES):
+        spec = serving_metrics.SPECS[name]
+        assert (spec.kind, spec.labels) == (serving_metrics.SPECS[contract.KV_ENTRIES].kind,
+                                            serving_metrics.SPECS[contract.KV_ENTRIES].labels)
+    cache = build_cache(2, "fp8", [(1.0, 1.0), (1.0, 1.0)], fallback_layers=frozenset({1}))
+    for layer in cache.layers:
+        layer.update(_tensor(4, [(0, 0)], high=3.0), _tensor(4, []))
+    assert cache.write_log.take_values() == (1536, 1), "the bf16 fallback layer counts in neither term"
+
+
 # -- offline and live quality -----------------------------------------------------------------------------------------
 
 EVAL_TEXT = (
