@@ -74,6 +74,10 @@ def rollback_patch(document: Mapping[str, Any], revision: str) -> dict[str, Any]
         patch["runtime"]["image"] = artifact["runtime"]["image"]
     if (artifact.get("serving") or {}).get("image"):
         patch["serving"] = {"image": artifact["serving"]["image"]}
+    refresh = ((spec.get("quantization") or {}).get("calibration") or {}).get("refresh")
+    if refresh is not None:  # policy, not artifact: the spec's own refresh stays
+        calibration = artifact["quantization"].setdefault("calibration", {})
+        calibration["refresh"] = refresh
     for section in SECTIONS:
         patch[section] = merge_patch_to(spec.get(section) or {}, artifact[section])
     try:
