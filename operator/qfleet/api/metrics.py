@@ -22,6 +22,11 @@ vector of one KV head in one layer whose planned format is not bf16: head_dim va
 KV_FALLBACK_ENTRIES = "qfleet_kv_fallback_entries_total"
 """Counter: of those, entries kept at higher precision (bf16) because they exceeded the calibrated scale or tripped
 the outlier detector. Their ratio, the fallback rate, is the share of quantized KV values held at higher precision."""
+KV_VALUES = "qfleet_kv_values_total"
+"""Counter: K/V values written to quantized layers (entries times head_dim): the out-of-range share's denominator."""
+KV_OUT_OF_RANGE_VALUES = "qfleet_kv_out_of_range_values_total"
+"""Counter: of those, values whose |x| is above the calibrated amax (the scale cannot hold them without clipping): the
+share of live KV the calibration did not cover, read by the re-calibration drift trigger `outOfRange`."""
 KV_TOKENS = "qfleet_kv_tokens_total"
 """Counter: tokens whose K/V were written to the cache (the per-token series' denominator)."""
 KV_FALLBACK_TOKENS = "qfleet_kv_fallback_tokens_total"
@@ -48,7 +53,7 @@ QUALITY_TOP1 = "qfleet_quality_top1_agreement_ratio"
 """Histogram: share of a sampled request's prompt positions whose argmax agrees with BF16 KV (0..1)."""
 
 ALL = (REQUESTS, REQUEST_DURATION, TIME_TO_FIRST_TOKEN, TIME_PER_OUTPUT_TOKEN, TOKENS, KV_ENTRIES, KV_FALLBACK_ENTRIES,
-       KV_TOKENS, KV_FALLBACK_TOKENS, KV_CACHE_BYTES, KV_BYTES_PER_TOKEN, PREFIX_CACHE_HITS, PREFIX_CACHE_MISSES,
+       KV_VALUES, KV_OUT_OF_RANGE_VALUES, KV_TOKENS, KV_FALLBACK_TOKENS, KV_CACHE_BYTES, KV_BYTES_PER_TOKEN, PREFIX_CACHE_HITS, PREFIX_CACHE_MISSES,
        QUALITY_SCORED_TOKENS, QUALITY_LOST_TOKENS, QUALITY_GAINED_TOKENS, QUALITY_KL, QUALITY_TOP1)
 METRIC_LABELS = ("model", "kv_format")
 """Labels every qfleet metric carries, set by the runtime."""
