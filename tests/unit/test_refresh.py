@@ -254,3 +254,67 @@ def test_refresh_step(case: StepCase) -> None:
         assert step.condition is not None and text in step.condition[2]
     if "status_generation" in case.extra:
         assert step.status is not None and step.status.generation == case.extra["status_generation"]
+
+
+INVOCATION_CASES = [
+    # reason, refresh, generation, recent flags expected
+    ("generation 0 calibrates on the dataset", {**TRIGGERS, "sampleTraffic": {"enabled": True}}, 0, False),
+    ("a refresh without the opt-in: dataset only", TRIGGERS, 1, False),
+    ("a refresh with the opt-in reads the sample", {**TRIGGERS, "sampleTraffic": {"enabled": True}}, 1, True),
+]
+
+
+@pytest.mark.parametrize("reason, refresh, generation, recent", INVOCATION_CASES,
+                         ids=[case[0] for case in INVOCATION_CASES])
+def test_the_calibrate_job_reads_the_recent_sample_only_for_a_refresh(reason: str, refresh: dict, generation: int,
+                                                                      recent: bool) -> None:
+    from qfleet.api.jobs import Step, step_invocation
+
+    invocation = step_invocation(Step.CALIBRATE, parse_spec(spec(refresh)), "r1", "fp8", (9, 0), None, "smol",
+                                 generation)
+
+    assert ("--recent-sample" in invocation.args) is recent
+    if recent:
+        args = invocation.args
+        assert args[args.index("--recent-sample") + 1] == "/var/lib/qfleet/artifacts/smol/smol/traffic-sample"
+        assert args[args.index("--recent-share") + 1] == "0.5"
+
+
+@pytest.mark.parametrize("summary, mix", [
+    ({"datasetMix": {"configured": 3, "recent": 1}}, {"configured": 3, "recent": 1}),
+    ({"datasetMix": {"configured": 4}}, {"configured": 4}),
+    ({"datasetMix": {"configured": "4", "recent": True}}, None),
+    ({"datasetMix": "4/1"}, None),
+    ({}, None),
+])
+def test_the_dataset_mix_is_recorded_as_counts_only(summary: dict, mix: dict | None) -> None:
+    from qfleet.pipeline.records import _mix
+
+    assert _mix(summary.get("datasetMix")) == mix
+
+
+def test_rollback_to_a_refreshed_revision_is_refused_with_the_reason() -> None:
+    from qfleet.cli.rollback import RollbackRefused, rollback_patch
+
+    document = {"metadata": {"name": "smol"}, "spec": spec(TRIGGERS),
+                "status": {"history": [{"revision": FIRST, "outcome": "Promoted", "artifact": "{}",
+                                        "calibration": {"generation": 1}}]}}
+
+    with pytest.raises(RollbackRefused, match="refresh generation 1"):
+        rollback_patch(document, FIRST)
+
+
+def test_rollback_to_keeps_the_specs_own_refresh() -> None:
+    from qfleet.cli.rollback import apply_merge_patch, rollback_patch
+    from qfleet.revision import artifact_spec
+
+    earlier = {**spec(), "quantization": {"kvCache": "int8"}}
+    target = revision_of(parse_spec(earlier))
+    document = {"metadata": {"name": "smol"}, "spec": spec(TRIGGERS),
+                "status": {"history": [{"revision": target, "outcome": "Superseded",
+                                        "artifact": artifact_spec(parse_spec(earlier))}]}}
+
+    restored = apply_merge_patch(document["spec"], rollback_patch(document, target)["spec"])
+
+    assert restored["quantization"]["kvCache"] == "int8"
+    assert restored["quantization"]["calibration"]["refresh"] == TRIGGERS
