@@ -20,11 +20,11 @@ the CalibrationStale condition, the queries to ask and the next due time out.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from qfleet.api.conditions import CALIBRATION_STALE, ConditionStatus, Outcome, Reason, StepOutcome
+from qfleet.api.conditions import ConditionStatus, Outcome, Reason
 from qfleet.api.refresh_spec import FALLBACK_RATE, OUT_OF_RANGE, QUALITY_DROP, Refresh, Trigger
 from qfleet.api.spec import QuantizedModelSpec
 from qfleet.api.status import DriftFigure, QuantizedModelStatus, RefreshStatus
@@ -141,7 +141,6 @@ class RefreshStep:
     """CalibrationStale's (status, reason, message); None: the model has no refresh and no such condition."""
     measure: MeasureRequest | None = None
     wake: datetime | None = None
-    events: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def refresh_step(given: RefreshInput) -> RefreshStep:
@@ -162,7 +161,7 @@ def refresh_step(given: RefreshInput) -> RefreshStep:
         step.condition = _not_steady(state)
         return step
     calibration = old.calibration
-    if calibration is None or calibration.outcome is not StepOutcome.SUCCEEDED:
+    if calibration is None:  # a bf16 KV cache records none (a failed refresh's calibration is a record too)
         step.condition = (ConditionStatus.FALSE, Reason.CALIBRATION_CURRENT,
                           f"Revision {stable} has no calibration to refresh (its KV format keeps full precision)")
         return step
