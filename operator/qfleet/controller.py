@@ -25,7 +25,7 @@ from qfleet import kube, prom, telemetry
 from qfleet.api.spec import DEFAULT_RUNTIME_IMAGE
 from qfleet.cache import FleetCache, ModelKey, Snapshot
 from qfleet.pipeline import Decision, Event, Observed, decide
-from qfleet.pipeline.analysis import Measured
+from qfleet.pipeline.analysis import Measured, MeasureRequest
 from qfleet.pipeline.release import ACTION_ANNOTATION
 from qfleet.workqueue import WorkQueue
 
@@ -138,15 +138,10 @@ class Controller:
             now=_now(), deployments=snapshot.deployments, route=snapshot.route,
             action=(meta.get("annotations") or {}).get(ACTION_ANNOTATION), runtime_image=self.settings.runtime_image)
         decision = decide(observed)
-        request = decision.release.measure
-        if request is not None:
-            with telemetry.api_call("prometheus_query"):
-                measured = prom.measure(request.address, request.queries, request.histograms)
-            for query, error in measured.errors.items():
-                telemetry.API_ERRORS.labels("prometheus_query", "none").inc()
-                log.warning("Prometheus query %s of %s/%s failed: %s", query, namespace, name, error)
-            decision = decide(dataclasses.replace(observed, measured=Measured(measured.values, measured.histograms,
-                                                                              measured.errors)))
+        asked = {"measured": decision.release.measure, "drift_measured": decision.drift_measure}
+        if any(asked.values()):
+            answers = {into: self._measure(request, namespace, name) for into, request in asked.items() if request}
+            decision = decide(dataclasses.replace(observed, **answers))
         if not self._apply_children(namespace, decision, snapshot):
             log.info("A child of QuantizedModel %s/%s changed meanwhile; visiting again", namespace, name)
             return observed.now + RETRY_AFTER_LOST_RACE, "conflict"
@@ -169,6 +164,15 @@ class Controller:
             self.post_event(body, event)
             telemetry.TRANSITIONS.labels(event.reason, event.type).inc()
         return decision.wake, outcome
+
+    @staticmethod
+    def _measure(request: MeasureRequest, namespace: str, name: str) -> Measured:
+        with telemetry.api_call("prometheus_query"):
+            measured = prom.measure(request.address, request.queries, request.histograms)
+        for query, error in measured.errors.items():
+            telemetry.API_ERRORS.labels("prometheus_query", "none").inc()
+            log.warning("Prometheus query %s of %s/%s failed: %s", query, namespace, name, error)
+        return Measured(measured.values, measured.histograms, measured.errors)
 
     def _apply_children(self, namespace: str, decision: Decision, snapshot: Snapshot) -> bool:
         """Creates what is missing and sets what differs, each write guarded by what the visit saw; False when one

@@ -65,3 +65,18 @@ def count(window: Window, counter: str, revision: str) -> str:
 def bucket_counts(window: Window, histogram: str, revision: str) -> str:
     """A histogram's observations over the window by bucket (`le`, cumulative), for one revision."""
     return f"sum by (le) (increase({histogram}_bucket{{{window.selector(revision)}}}[{window.range}]))"
+
+
+DRIFT_PARTS = {
+    "fallbackRate": (("fallback", m.KV_FALLBACK_ENTRIES), ("entries", m.KV_ENTRIES), ("tokens", m.KV_TOKENS)),
+    "qualityDrop": (("scored", m.QUALITY_SCORED_TOKENS), ("lost", m.QUALITY_LOST_TOKENS),
+                    ("gained", m.QUALITY_GAINED_TOKENS)),
+    "outOfRange": (("outOfRange", m.KV_OUT_OF_RANGE_VALUES), ("values", m.KV_VALUES), ("tokens", m.KV_TOKENS)),
+}
+"""The counters each calibration-refresh trigger reads (qfleet.pipeline.refresh.readings makes the figure)."""
+
+
+def drift_queries(window: Window, triggers: list[str]) -> dict[str, str]:
+    """The stable revision's counters over the window for each named trigger, keyed `drift/<trigger>/<part>`."""
+    return {f"drift/{name}/{part}": count(window, metric, window.stable)
+            for name in triggers for part, metric in DRIFT_PARTS[name]}

@@ -82,6 +82,18 @@ SELECTOR = st.dictionaries(st.sampled_from(["nvidia.com/gpu.family", "nvidia.com
                            st.sampled_from(["blackwell", "hopper", "", "v" * 63, "v" * 64, "NVIDIA-H100"]), max_size=3)
 ENV = st.lists(st.fixed_dictionaries({"name": ENV_NAMES}, optional={"value": st.sampled_from(["1", "", "v" * 4097])}),
                max_size=3)
+SCHEDULES = st.sampled_from(["168h", "1h", "59m", "1.5h", "0 3 * * 0", "*/15 * * * *", "0 0 31 2 *", "22-2 * * * 7",
+                             "61 * * * *", "0 3 * * 8", "0 3 * * sun", "* * * *", "0  3 * * 0", "*/0 * * * *", "",
+                             "1d", 168])
+TRIGGER = st.fixed_dictionaries({"max": DECIMALS}, optional={"for": DURATIONS})
+REFRESH = st.fixed_dictionaries({}, optional={
+    "schedule": SCHEDULES,
+    "triggers": st.fixed_dictionaries({}, optional={"fallbackRate": TRIGGER, "qualityDrop": TRIGGER,
+                                                    "outOfRange": TRIGGER}),
+    "sampleTraffic": st.fixed_dictionaries({}, optional={"enabled": st.sampled_from([True, False, "true"]),
+                                                         "maxPrompts": INTS, "retention": DURATIONS}),
+    "recentShare": DECIMALS,
+})
 ROUTING = st.sampled_from([{"replicas": {}}, {"gatewayAPI": {"httpRoute": "llama-route"}}, {},
                            {"replicas": {}, "gatewayAPI": {"httpRoute": "r"}}, {"gatewayAPI": {"httpRoute": "Bad_"}},
                            {"gatewayAPI": {}}])
@@ -100,6 +112,8 @@ FIELDS: dict[str, st.SearchStrategy] = {
     "quantization.calibration.dataset": TEXT,
     "quantization.calibration.samples": INTS,
     "quantization.calibration.maxSeqLen": INTS,
+    "quantization.calibration.refresh": REFRESH,
+    "quantization.calibration.refresh.schedule": SCHEDULES,
     "quantization.layerFallback": st.fixed_dictionaries({"maxLayerKL": DECIMALS}),
     "engine.backend": st.sampled_from(["tensorrt-llm", "qfleet-python", "vllm", ""]),
     "engine.maxBatchSize": INTS,

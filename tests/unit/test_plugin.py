@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 import yaml
@@ -72,7 +73,7 @@ KV-cache ladder
   fp8     Selected
 
 Calibration
-  job llama-3f2a9c01-fp8-calibrate, dataset cnn_dailymail, samples 512, completed 2026-11-23T10:05:00Z
+  job llama-3f2a9c01-fp8-calibrate, data cnn_dailymail, samples 512, completed 2026-11-23T10:05:00Z, age 2d1h
   KV format fp8, worst layer 41, KL 0.0031, fallback layers 0, 79
 
 Engine
@@ -89,8 +90,11 @@ History
 """
 
 
+NOW = datetime(2026, 11, 25, 11, 10, tzinfo=UTC)
+
+
 def test_timeline_of_an_evaluated_model():
-    assert render_status(EVALUATED) == EVALUATED_TEXT
+    assert render_status(EVALUATED, NOW) == EVALUATED_TEXT
 
 
 def test_conditions_follow_the_pipeline_and_unknown_types_come_last():
@@ -133,7 +137,7 @@ def test_status_command_reads_through_the_reader(capsys):
         asked.append((name, namespace))
         return EVALUATED
 
-    assert main(["status", "llama", "-n", "ml"], reader=reader) == 0
+    assert main(["status", "llama", "-n", "ml"], reader=reader, now=NOW) == 0
     assert asked == [("llama", "ml")]
     assert capsys.readouterr().out == EVALUATED_TEXT
     assert main(["status", "llama", "-o", "json"], reader=reader) == 0
@@ -215,3 +219,44 @@ def test_the_last_analysis_shows_each_gate_with_its_interval_and_samples():
     assert rows[1] == ["p99LatencyRatio", "1.02", "[0.91,", "1.31]", "1.2", "180", "17,820", "500", "step",
                        "Inconclusive"]
     assert rows[2] == ["ttft", "0.4", "-", "0.8", "-", "-", "-", "step", "Pass"]
+
+
+REFRESHED = {**EVALUATED, "status": {
+    **EVALUATED["status"],
+    "calibration": {**EVALUATED["status"]["calibration"], "generation": 2, "refreshReason": "fallbackRate",
+                    "datasetMix": {"configured": 384, "recent": 128}},
+    "refresh": {"generation": 2, "reason": "fallbackRate", "outcome": "InProgress", "revision": "3f2a9c01",
+                "basedOn": "0123456789", "requestedAt": "2026-11-23T09:55:00Z",
+                "lastCheckedAt": "2026-11-23T09:55:00Z",
+                "drift": [{"name": "fallbackRate", "value": "0.0123", "max": "0.005", "for": "1h", "samples": 52000,
+                           "aboveSince": "2026-11-23T08:50:00Z"},
+                          {"name": "outOfRange", "max": "0.001", "for": "30m"}]},
+    "conditions": [*EVALUATED["status"]["conditions"],
+                   cond("CalibrationStale", "True", "DriftDetected", "fallbackRate 0.0123 (max 0.005)")]}}
+
+
+@pytest.mark.parametrize("expected", [
+    "data 384 from cnn_dailymail + 128 from recent traffic",
+    "age 2d1h, generation 2, refresh reason fallbackRate",
+    "Calibration refresh\n  generation 2, reason fallbackRate, outcome InProgress, revision 3f2a9c01",
+    "TRIGGER       VALUE    MAX    FOR  SAMPLES  ABOVE SINCE",
+    "fallbackRate  0.0123   0.005  1h   52,000   2026-11-23T08:50:00Z",
+    "outOfRange    no data  0.001  30m  -        -",
+    "CalibrationStale  True    DriftDetected",
+])
+def test_the_timeline_shows_calibration_age_data_and_drift(expected: str):
+    assert expected in render_status(REFRESHED, NOW)
+
+
+@pytest.mark.parametrize("since, now, shown", [
+    ("2026-11-23T10:05:00Z", datetime(2026, 11, 23, 10, 5, tzinfo=UTC), "0m"),
+    ("2026-11-23T10:05:00Z", datetime(2026, 11, 23, 11, 0, tzinfo=UTC), "55m"),
+    ("2026-11-23T10:05:00Z", datetime(2026, 11, 23, 13, 35, tzinfo=UTC), "3h30m"),
+    ("2026-11-23T10:05:00Z", datetime(2026, 11, 30, 13, 35, tzinfo=UTC), "7d3h"),
+    ("2026-11-23T10:05:00Z", None, None),
+    ("not a time", NOW, None),
+])
+def test_age(since, now, shown):
+    from qfleet.cli.timeline import age
+
+    assert age(since, now) == shown

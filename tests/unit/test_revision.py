@@ -11,7 +11,7 @@ import pytest
 
 from qfleet.api import parse_spec
 from qfleet.api.spec import DEFAULT_RUNTIME_IMAGE
-from qfleet.revision import artifact_fields, revision_of
+from qfleet.revision import artifact_fields, artifact_spec, calibration_key, revision_of
 
 BASE: dict[str, Any] = {
     "model": {"uri": "hf://meta-llama/Llama-3.3-70B-Instruct", "tokenSecretRef": {"name": "hf-token"}},
@@ -31,6 +31,8 @@ class EditCase:
     changes_revision: bool
     row: str = ""
     """The row of docs/api.md's revision table the case checks (its first field); "" for spellings and defaults."""
+    generation: int = 0
+    """The calibration generation (status.refresh.generation) the edited spec is hashed with."""
 
 
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
@@ -83,6 +85,14 @@ EDIT_CASES = [
         _set("model.shape", {"numLayers": 80, "numKeyValueHeads": 8, "headDim": 128, "parameterCount": "70.6e9"}),
         False, row="model.tokenSecretRef"),
     EditCase("artifact location", _set("artifacts.uri", "pvc://other-claim/llama"), False, row="artifacts.uri"),
+    EditCase("calibration refresh policy", _set("quantization.calibration.refresh", {"schedule": "168h"}), False,
+             row="quantization.calibration.refresh"),
+    EditCase("traffic sample opt-in", _set("quantization.calibration.refresh",
+                                           {"triggers": {"fallbackRate": {"max": "0.01"}},
+                                            "sampleTraffic": {"enabled": True}}), False,
+             row="quantization.calibration.refresh"),
+    EditCase("calibration generation: a refresh", lambda spec: None, True, row="status.refresh.generation",
+             generation=1),
     EditCase("a default written out", _set("model.revision", "main"), False),
     EditCase("a decimal spelt differently", _set("engine.kvCacheFreeGpuMemoryFraction", "0.90"), False),
     EditCase("tensor parallel equal to the GPU count", _set("engine.tensorParallel", 8), False),
@@ -94,7 +104,24 @@ def test_only_artifact_edits_change_the_revision(case: EditCase) -> None:
     spec = copy.deepcopy(BASE)
     case.edit(spec)
 
-    assert (revision_of(parse_spec(spec)) != BASE_REVISION) is case.changes_revision
+    assert (revision_of(parse_spec(spec), generation=case.generation) != BASE_REVISION) is case.changes_revision
+
+
+def test_each_calibration_generation_is_its_own_revision_and_calibration() -> None:
+    spec = parse_spec(BASE)
+
+    assert len({revision_of(spec, generation=g) for g in range(4)}) == 4
+    assert revision_of(spec, generation=0) == BASE_REVISION
+    assert len({calibration_key(spec, "nvfp4", g) for g in range(4)}) == 4
+    assert calibration_key(spec, "nvfp4") == calibration_key(spec, "nvfp4", 0)
+
+
+def test_refresh_policy_is_neither_artifact_nor_calibration_input() -> None:
+    edited = copy.deepcopy(BASE)
+    edited["quantization"]["calibration"] = {"refresh": {"schedule": "0 3 * * 0"}}
+
+    assert calibration_key(parse_spec(edited), "nvfp4") == calibration_key(parse_spec(BASE), "nvfp4")
+    assert "refresh" not in artifact_spec(parse_spec(edited))
 
 
 def test_key_order_does_not_matter() -> None:

@@ -81,3 +81,49 @@ def test_an_existing_canary_ref_is_updated_not_duplicated() -> None:
     twice = weighted_rules(once, "llama-stable", "llama-canary", 50, 50)
     assert [r["weight"] for r in twice[0]["backendRefs"]] == [50, 50]
     assert len(twice[0]["backendRefs"]) == 2
+
+
+def _with_refresh(refresh: dict | None, artifacts: str = "pvc://qfleet-artifacts/llama"):
+    raw = SPEC.model_dump(mode="json", by_alias=True, exclude_none=True)
+    raw["artifacts"] = {"uri": artifacts}
+    if refresh is not None:
+        raw["quantization"]["calibration"]["refresh"] = refresh
+    return parse_spec(raw)
+
+
+SAMPLE_CASES = [
+    # reason, refresh, artifacts, serve flags (None: none), writable mount subPath (None: none)
+    ("no refresh", None, "pvc://qfleet-artifacts/llama", None, None),
+    ("refresh without the opt-in", {"schedule": "168h"}, "pvc://qfleet-artifacts/llama", None, None),
+    ("opted in on a claim", {"schedule": "168h", "sampleTraffic": {"enabled": True, "maxPrompts": 64,
+                                                                   "retention": "48h"}},
+     "pvc://qfleet-artifacts/llama", ["/var/lib/qfleet/traffic-sample", "64", "172800"], "llama/llama/traffic-sample"),
+    ("opted in, claim root", {"schedule": "168h", "sampleTraffic": {"enabled": True}}, "pvc://qfleet-artifacts",
+     ["/var/lib/qfleet/traffic-sample", "256", "604800"], "llama/traffic-sample"),
+    ("opted in on an object store", {"schedule": "168h", "sampleTraffic": {"enabled": True}}, "s3://bucket/a",
+     ["s3://bucket/a/llama/traffic-sample", "256", "604800"], None),
+]
+
+
+@pytest.mark.parametrize("reason, refresh, artifacts, flags, sub_path", SAMPLE_CASES,
+                         ids=[case[0] for case in SAMPLE_CASES])
+def test_the_traffic_sample_is_opt_in_and_the_only_writable_path(reason, refresh, artifacts, flags,
+                                                                 sub_path) -> None:
+    deployment = serving_deployment(OWNER, _with_refresh(refresh, artifacts), "7c1f000000", "fp8", (9, 0),
+                                    replicas=1, role="stable")
+    pod = deployment["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+
+    if flags is None:
+        assert not any(arg.startswith("--prompt-sample") for arg in args)
+    else:
+        given = [args[args.index(flag) + 1] for flag in
+                 ("--prompt-sample-dir", "--prompt-sample-max", "--prompt-sample-retention")]
+        assert given == flags
+    if sub_path is None:
+        assert "traffic-sample" not in mounts
+    else:
+        assert mounts["traffic-sample"] == {"name": "traffic-sample", "mountPath": "/var/lib/qfleet/traffic-sample",
+                                            "subPath": sub_path}
+    assert all(m.get("readOnly") for name, m in mounts.items() if name == "artifacts")

@@ -23,6 +23,10 @@ PIPELINE_STEPS: tuple[ConditionType, ...] = (
 )
 """The steps that make a revision's artifact, in the order they run."""
 
+CALIBRATION_STALE = "CalibrationStale"
+"""Set only on models with spec.quantization.calibration.refresh (so not a ConditionType, which every model gets):
+True while a refresh is due or runs, with the measured figure and its bound in the message (qfleet.recalibration)."""
+
 
 class ConditionStatus(StrEnum):
     TRUE = "True"
@@ -97,6 +101,16 @@ class Reason(StrEnum):
     """A step's Job was deleted before it finished and was created again (at most MAX_JOB_RECREATIONS times)."""
     ROLLOUT_ACTION_IGNORED = "RolloutActionIgnored"
     """A qfleet.io/rollout-action annotation for no running canary, or for another revision, was dropped."""
+
+    # CalibrationStale (calibration refresh)
+    CALIBRATION_CURRENT = "CalibrationCurrent"
+    """False: no refresh is due; the message gives the drift figures and the next scheduled refresh."""
+    DRIFT_DETECTED = "DriftDetected"
+    """True: a trigger's figure stayed above its bound for its `for`; a refresh runs (message: value and bound)."""
+    REFRESH_SCHEDULED = "RefreshScheduled"
+    """True: the schedule came due; a refresh runs."""
+    REFRESH_BACKING_OFF = "RefreshBackingOff"
+    """True: the last refresh was rolled back or failed; the next waits for its back-off and its cause again."""
 
 
 class Phase(StrEnum):

@@ -20,6 +20,10 @@ HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 """Triton's ports in a serving pod; the metrics port is named `metrics`, which Prometheus discovery keys on."""
 ARTIFACTS_MOUNT = "/var/lib/qfleet/artifacts"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+TRAFFIC_SAMPLE_DIR = "traffic-sample"
+"""Under `<artifacts root>/<model name>/`: the opt-in sample of served prompts, shared by every revision's pods."""
+TRAFFIC_SAMPLE_MOUNT = "/var/lib/qfleet/traffic-sample"
+"""Where a serving pod mounts that directory writable (the revision's own artifacts are mounted read-only)."""
 SUMMARY_LIMIT_BYTES = 4096
 
 
@@ -46,6 +50,22 @@ class ArtifactLocation:
         return cls(claim=None, path=f"{uri.rstrip('/')}/{leaf}")
 
 
+def traffic_sample(uri: str, model: str) -> ArtifactLocation:
+    """The model's traffic sample directory: on a claim, as the calibration Job sees it (the claim at ARTIFACTS_MOUNT);
+    in an object store, its URI."""
+    scheme, _, rest = uri.partition("://")
+    if scheme == "pvc":
+        claim, _, sub = rest.partition("/")
+        return ArtifactLocation(claim=claim, path="/".join(
+            p for p in (ARTIFACTS_MOUNT, sub.strip("/"), model, TRAFFIC_SAMPLE_DIR) if p))
+    return ArtifactLocation(claim=None, path=f"{uri.rstrip('/')}/{model}/{TRAFFIC_SAMPLE_DIR}")
+
+
+def samples_traffic(spec: QuantizedModelSpec) -> bool:
+    refresh = spec.quantization.calibration.refresh
+    return refresh is not None and refresh.sample_traffic.enabled
+
+
 @dataclass(frozen=True)
 class StepInvocation:
     step: Step
@@ -56,10 +76,11 @@ class StepInvocation:
 
 def step_invocation(
     step: Step, spec: QuantizedModelSpec, revision: str, kv_format: str, compute_capability: tuple[int, int],
-    calibrated_by: str | None = None,
+    calibrated_by: str | None = None, model: str | None = None, generation: int = 0,
 ) -> StepInvocation:
     """`calibrated_by`: the earlier revision whose calibration this one reuses (its inputs are unchanged); build and
-    evaluation then read that revision's calibration directory instead of their own."""
+    evaluation then read that revision's calibration directory instead of their own. A refresh's calibration
+    (`generation` from 1) of a model that samples its traffic also reads `model`'s traffic sample."""
     artifacts = ArtifactLocation.parse(spec.artifacts.uri, revision, kv_format)
     common = ("--revision", revision, "--kv-format", kv_format, "--artifacts", artifacts.path,
               "--summary-file", TERMINATION_MESSAGE_PATH)
@@ -75,6 +96,11 @@ def step_invocation(
         )
         if spec.quantization.layer_fallback is not None:
             specific += ("--max-layer-kl", str(spec.quantization.layer_fallback.max_layer_kl))
+        refresh = calibration.refresh
+        if generation and model and refresh is not None and refresh.sample_traffic.enabled:
+            specific += ("--recent-sample", traffic_sample(spec.artifacts.uri, model).path,
+                         "--recent-share", str(refresh.recent_share),
+                         "--recent-retention", str(int(refresh.sample_traffic.retention.total_seconds())))
     elif step is Step.BUILD:
         engine = spec.engine
         specific = (
@@ -93,12 +119,20 @@ def step_invocation(
     return StepInvocation(step=step, args=(step.value, *common, *specific), env=env, artifacts=artifacts)
 
 
-def serve_args(spec: QuantizedModelSpec, revision: str, kv_format: str) -> tuple[str, ...]:
-    """`qfleet-runtime serve ...`: Triton on the pod's address with the revision's engine and KV format."""
+def serve_args(spec: QuantizedModelSpec, revision: str, kv_format: str, model: str | None = None) -> tuple[str, ...]:
+    """`qfleet-runtime serve ...`: Triton on the pod's address with the revision's engine and KV format; with the
+    traffic sample opted in, also where `model`'s pods keep it and its bounds."""
     artifacts = ArtifactLocation.parse(spec.artifacts.uri, revision, kv_format)
-    return ("serve", "--revision", revision, "--kv-format", kv_format, "--artifacts", artifacts.path,
+    args = ("serve", "--revision", revision, "--kv-format", kv_format, "--artifacts", artifacts.path,
             "--http-port", str(HTTP_PORT), "--grpc-port", str(GRPC_PORT), "--metrics-port", str(METRICS_PORT),
             "--quality-sample-share", str(spec.serving.quality_sample_share))
+    refresh = spec.quantization.calibration.refresh
+    if model and refresh is not None and refresh.sample_traffic.enabled:
+        sample = traffic_sample(spec.artifacts.uri, model)
+        args += ("--prompt-sample-dir", TRAFFIC_SAMPLE_MOUNT if sample.claim else sample.path,
+                 "--prompt-sample-max", str(refresh.sample_traffic.max_prompts),
+                 "--prompt-sample-retention", str(int(refresh.sample_traffic.retention.total_seconds())))
+    return args
 
 
 def parse_summary(message: str | None) -> dict[str, Any]:

@@ -29,6 +29,14 @@ TENSOR_PARALLEL_DIVIDES_GPUS = (
     "engine.tensorParallel must divide nodePool.gpusPerReplica (the quotient is pipeline parallelism), "
     "e.g. tensorParallel: 8 with gpusPerReplica: 8"
 )
+REFRESH_INTERVAL_AT_LEAST_ONE_HOUR = (
+    "a refresh interval must be at least 1h (each refresh runs a calibration and a canary), e.g. 168h"
+)
+RECENT_SHARE_RANGE = 'a share of the calibration samples from 0 to 1, e.g. "0.5"'
+REFRESH_NEEDS_A_CAUSE = (
+    "refresh needs a schedule (e.g. 168h) or at least one trigger (fallbackRate, qualityDrop, outOfRange): "
+    "add one, or remove refresh"
+)
 
 CEL_MESSAGES = frozenset(
     {
@@ -46,5 +54,8 @@ CEL_MESSAGES = frozenset(
         INTERVAL_AT_LEAST_ONE_SECOND,
         ONE_TRAFFIC_ROUTING,
         TENSOR_PARALLEL_DIVIDES_GPUS,
+        REFRESH_INTERVAL_AT_LEAST_ONE_HOUR,
+        REFRESH_NEEDS_A_CAUSE,
+        RECENT_SHARE_RANGE,
     }
 )

@@ -11,6 +11,7 @@ from pydantic import Field, StringConstraints
 from qfleet.api import rules
 from qfleet.api.base import SpecObject
 from qfleet.api.errors import FieldError
+from qfleet.api.refresh_spec import Refresh
 from qfleet.api.rollout_spec import Rollout
 from qfleet.api.values import (
     ArtifactsUri,
@@ -76,6 +77,8 @@ class Calibration(SpecObject):
     dataset: str = Field(default="cnn_dailymail", min_length=1, max_length=253)
     samples: int = Field(default=512, ge=1, le=65536)
     max_seq_len: int = Field(default=512, ge=1, le=131072)
+    refresh: Refresh | None = None
+    """When to calibrate again (qfleet.api.refresh_spec); policy, not artifact: not hashed into the revision."""
 
 
 class LayerFallback(SpecObject):

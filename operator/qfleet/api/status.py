@@ -63,6 +63,13 @@ class StepRecord(StatusObject):
     """Times the Job was re-created after being deleted before it finished."""
 
 
+class DatasetMix(StatusObject):
+    """How many calibration samples came from the configured dataset and how many from the recent traffic sample."""
+
+    configured: int | None = None
+    recent: int | None = None
+
+
 class CalibrationStatus(StepRecord):
     inputs_hash: str | None = None
     """`qfleet.revision.calibration_key`: a later revision with the same inputs reuses this calibration."""
@@ -76,6 +83,12 @@ class CalibrationStatus(StepRecord):
     device: str | None = None
     report: CalibrationReport | None = None
     completed_at: datetime | None = None
+    generation: int | None = None
+    """The calibration generation it ran for (status.refresh.generation); absent for generation 0."""
+    refresh_reason: str | None = None
+    """Why that generation was started: `schedule` or a trigger's name (`fallbackRate`, ...)."""
+    dataset_mix: DatasetMix | None = None
+    """The runtime's `datasetMix`: samples from the configured dataset and from the recent traffic sample."""
 
 
 class EngineStatus(StepRecord):
@@ -155,6 +168,40 @@ class LadderEntry(StatusObject):
     message: str | None = None
 
 
+class DriftFigure(StatusObject):
+    """One drift trigger's figure on the stable revision at the last check."""
+
+    name: str
+    value: str | None = None
+    """None: no data, or fewer samples than the trigger needs."""
+    max: str
+    for_: str | None = Field(default=None, alias="for")
+    samples: int | None = None
+    above_since: datetime | None = None
+    """The first check of the current run of checks above max; the calibration is stale once it is `for` old."""
+
+
+class RefreshStatus(StatusObject):
+    """Calibration refresh: the generation the current revision is calibrated for, and the last refresh attempt."""
+
+    generation: int = 0
+    reason: str | None = None
+    """Why the current generation was started: `schedule` or a trigger's name."""
+    requested_at: datetime | None = None
+    revision: str | None = None
+    """The revision the current generation made."""
+    based_on: str | None = None
+    """The stable revision it refreshes."""
+    outcome: str | None = None
+    """InProgress, Promoted, RolledBack, Failed or Superseded (a spec edit replaced it)."""
+    consecutive_failures: int = 0
+    not_before: datetime | None = None
+    """After a refresh that was rolled back or failed: none starts before this (doubling back-off)."""
+    next_scheduled_at: datetime | None = None
+    last_checked_at: datetime | None = None
+    drift: list[DriftFigure] = Field(default_factory=list)
+
+
 class QuantizedModelStatus(StatusObject):
     observed_generation: int | None = None
     phase: Phase | None = None
@@ -165,5 +212,6 @@ class QuantizedModelStatus(StatusObject):
     engine: EngineStatus | None = None
     evaluation: EvaluationStatus | None = None
     canary: CanaryStatus | None = None
+    refresh: RefreshStatus | None = None
     history: list[HistoryEntry] = Field(default_factory=list, max_length=MAX_HISTORY)
     conditions: list[Condition] = Field(default_factory=list)

@@ -29,6 +29,17 @@ DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 ENV_VAR_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def _cron_field(number: str) -> str:
+    item = rf"(\*|({number})(-({number}))?)(/[1-9][0-9]{{0,2}})?"
+    return rf"{item}(,{item})*"
+
+
+_CRON_NUMBERS = (r"[0-5]?[0-9]", r"[01]?[0-9]|2[0-3]", r"0?[1-9]|[12][0-9]|3[01]", r"0?[1-9]|1[0-2]", r"0?[0-7]")
+SCHEDULE_PATTERN = rf"^(([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+|{' '.join(map(_cron_field, _CRON_NUMBERS))})$"
+"""refresh.schedule: a Go duration, or five cron fields (minute 0-59, hour 0-23, day 1-31, month 1-12, weekday 0-7)
+of `*`, numbers, ranges, steps and lists, separated by single spaces (qfleet.api.schedule reads them)."""
 QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
@@ -46,6 +57,7 @@ PATTERNS = frozenset(
         SECRET_KEY_PATTERN,
         ENV_VAR_NAME_PATTERN,
         QUANTITY_PATTERN,
+        SCHEDULE_PATTERN,
     }
 )
 
@@ -119,6 +131,13 @@ def _sample_share(value: Any) -> Decimal:
     number = _decimal_text(value, "0.1")
     if not 0 < number <= 1:
         raise invalid(f"{rules.SAMPLE_SHARE_RANGE}; got {value!r}")
+    return number
+
+
+def _recent_share(value: Any) -> Decimal:
+    number = _decimal_text(value, "0.5")
+    if not 0 <= number <= 1:
+        raise invalid(f"{rules.RECENT_SHARE_RANGE}; got {value!r}")
     return number
 
 
@@ -237,6 +256,9 @@ MemoryFraction = Annotated[Decimal, PlainValidator(_memory_fraction), _decimal_o
 
 SampleShare = Annotated[Decimal, PlainValidator(_sample_share), _decimal_out]
 """A decimal string above 0 and at most 1: "0.1" of the requests."""
+
+RecentShare = Annotated[Decimal, PlainValidator(_recent_share), _decimal_out]
+"""A decimal string from 0 to 1: "0.5" of the calibration samples."""
 
 Confidence = Annotated[Decimal, PlainValidator(_confidence), _decimal_out]
 """A decimal string from 0.5 to below 1: "0.95"."""

@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import yaml
@@ -83,10 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def format_status(document: Mapping[str, Any], output: str) -> str:
+def format_status(document: Mapping[str, Any], output: str, now: datetime | None = None) -> str:
     """The chosen output: the timeline, or the status as JSON or YAML (name and namespace included)."""
     if output == "text":
-        return render_status(document)
+        return render_status(document, now)
     meta = document.get("metadata", {})
     view = {"name": meta.get("name"), "namespace": meta.get("namespace"), "generation": meta.get("generation"),
             "status": document.get("status") or {}}
@@ -95,7 +96,8 @@ def format_status(document: Mapping[str, Any], output: str) -> str:
     return yaml.safe_dump(view, sort_keys=False)
 
 
-def main(argv: Sequence[str] | None = None, reader: Reader | None = None, patcher: Patcher | None = None) -> int:
+def main(argv: Sequence[str] | None = None, reader: Reader | None = None, patcher: Patcher | None = None,
+         now: datetime | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["plan"]:
         return qfleet_main.main(args_list)
@@ -115,7 +117,7 @@ def main(argv: Sequence[str] | None = None, reader: Reader | None = None, patche
     except kube.NotFound as error:
         print(f"kubectl qfleet status: error: {error}", file=sys.stderr)
         return 1
-    sys.stdout.write(format_status(document, args.output))
+    sys.stdout.write(format_status(document, args.output, now or datetime.now(UTC)))
     return 0
 
 

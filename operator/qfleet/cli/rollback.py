@@ -57,6 +57,11 @@ def rollback_patch(document: Mapping[str, Any], revision: str) -> dict[str, Any]
     if last.get("outcome") == "RolledBack":
         raise RollbackRefused(f"revision {revision} was rolled back ({last.get('message')}): name a revision that "
                               "served, or change the spec yourself")
+    generation = (last.get("calibration") or {}).get("generation")
+    if generation:
+        raise RollbackRefused(f"revision {revision} was made by calibration refresh generation {generation}, which is "
+                              "not a spec field: no spec edit gives that revision again. Name a revision without a "
+                              "refresh, or let the next refresh re-calibrate")
     recorded = next((h.get("artifact") for h in reversed(entries) if h.get("artifact")), None)
     if recorded is None:
         raise RollbackRefused(f"the history of {revision} does not record its spec fields (an entry written by an "
@@ -74,6 +79,10 @@ def rollback_patch(document: Mapping[str, Any], revision: str) -> dict[str, Any]
         patch["runtime"]["image"] = artifact["runtime"]["image"]
     if (artifact.get("serving") or {}).get("image"):
         patch["serving"] = {"image": artifact["serving"]["image"]}
+    refresh = ((spec.get("quantization") or {}).get("calibration") or {}).get("refresh")
+    if refresh is not None:  # policy, not artifact: the spec's own refresh stays
+        calibration = artifact["quantization"].setdefault("calibration", {})
+        calibration["refresh"] = refresh
     for section in SECTIONS:
         patch[section] = merge_patch_to(spec.get(section) or {}, artifact[section])
     try:

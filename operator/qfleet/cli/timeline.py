@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
-from qfleet.api.conditions import ConditionType
+from qfleet.api.conditions import CALIBRATION_STALE, ConditionType
 
 CONDITION_ORDER: tuple[str, ...] = (
     ConditionType.CALIBRATED,
@@ -13,6 +14,7 @@ CONDITION_ORDER: tuple[str, ...] = (
     ConditionType.EVALUATED,
     ConditionType.CANARY_HEALTHY,
     ConditionType.ROLLED_BACK,
+    CALIBRATION_STALE,
     ConditionType.READY,
 )
 """The pipeline's order: the three artifact steps, the canary, then the summary."""
@@ -58,8 +60,50 @@ def _analysis(analysis: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def render_status(document: Mapping[str, Any]) -> str:
-    """The whole timeline: header, conditions in pipeline order, then each result the status holds."""
+def age(since: str | None, now: datetime | None) -> str | None:
+    """How long ago an RFC 3339 time was, in days, hours and minutes ("2d3h", "55m"); None without a clock."""
+    if since is None or now is None:
+        return None
+    try:
+        seconds = int((now - datetime.fromisoformat(since.replace("Z", "+00:00"))).total_seconds())
+    except (TypeError, ValueError):
+        return None
+    days, rest = divmod(max(0, seconds), 86400)
+    hours, minutes = rest // 3600, rest % 3600 // 60
+    parts = [f"{days}d" if days else "", f"{hours}h" if hours else "", f"{minutes}m" if minutes and not days else ""]
+    return "".join(parts) or "0m"
+
+
+def _data(calibration: Mapping[str, Any]) -> str | None:
+    """What the calibration ran on: the dataset, and with a recent traffic sample the mix of the two."""
+    dataset = calibration.get("dataset")
+    mix = calibration.get("datasetMix") or {}
+    if not mix.get("recent"):
+        return dataset
+    return f"{_number(mix.get('configured', 0))} from {dataset or 'the dataset'} + {_number(mix['recent'])} " \
+           "from recent traffic"
+
+
+def _refresh(refresh: Mapping[str, Any]) -> list[str]:
+    """The calibration refresh: its generation and last attempt, then the stable revision's drift figures."""
+    lines = ["", "Calibration refresh", "  " + _fields([
+        ("generation", refresh.get("generation")), ("reason", refresh.get("reason")),
+        ("outcome", refresh.get("outcome")), ("revision", refresh.get("revision")),
+        ("based on", refresh.get("basedOn")), ("requested", refresh.get("requestedAt")),
+        ("failures in a row", refresh.get("consecutiveFailures") or None),
+        ("not before", refresh.get("notBefore")), ("next scheduled", refresh.get("nextScheduledAt")),
+        ("last drift check", refresh.get("lastCheckedAt"))])]
+    drift = refresh.get("drift") or []
+    if drift:
+        lines += _table([("TRIGGER", "VALUE", "MAX", "FOR", "SAMPLES", "ABOVE SINCE")] + [
+            (f.get("name", NONE), f.get("value") or "no data", f.get("max", NONE), f.get("for") or NONE,
+             _number(f["samples"]) if "samples" in f else NONE, f.get("aboveSince") or NONE) for f in drift])
+    return lines
+
+
+def render_status(document: Mapping[str, Any], now: datetime | None = None) -> str:
+    """The whole timeline: header, conditions in pipeline order, then each result the status holds; `now` gives
+    the calibration its age."""
     meta, spec = document.get("metadata", {}), document.get("spec", {})
     status = document.get("status") or {}
     quantization = spec.get("quantization", {})
@@ -114,14 +158,20 @@ def render_status(document: Mapping[str, Any]) -> str:
         fallback = report.get("fallbackLayers")
         lines += ["", "Calibration"]
         lines.append("  " + _fields([
-            ("job", calibration.get("job")), ("dataset", calibration.get("dataset")),
+            ("job", calibration.get("job")), ("data", _data(calibration)),
             ("samples", calibration.get("samples")), ("device", calibration.get("device")),
-            ("ModelOpt", calibration.get("modelOptVersion")), ("completed", calibration.get("completedAt"))]))
+            ("ModelOpt", calibration.get("modelOptVersion")), ("completed", calibration.get("completedAt")),
+            ("age", age(calibration.get("completedAt"), now)), ("generation", calibration.get("generation")),
+            ("refresh reason", calibration.get("refreshReason"))]))
         if report:
             lines.append("  " + _fields([
                 ("KV format", report.get("kvFormat")), ("worst layer", report.get("worstLayer")),
                 ("KL", report.get("worstLayerKL")),
                 ("fallback layers", ", ".join(str(i) for i in fallback) if fallback else None)]))
+
+    refresh = status.get("refresh")
+    if refresh:
+        lines += _refresh(refresh)
 
     engine = status.get("engine")
     if engine:

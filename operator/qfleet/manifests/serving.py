@@ -8,7 +8,18 @@ from __future__ import annotations
 
 import copy
 
-from qfleet.api.jobs import ARTIFACTS_MOUNT, GRPC_PORT, HTTP_PORT, METRICS_PORT, PROGRAM, ArtifactLocation, serve_args
+from qfleet.api.jobs import (
+    ARTIFACTS_MOUNT,
+    GRPC_PORT,
+    HTTP_PORT,
+    METRICS_PORT,
+    PROGRAM,
+    TRAFFIC_SAMPLE_MOUNT,
+    ArtifactLocation,
+    samples_traffic,
+    serve_args,
+    traffic_sample,
+)
 from qfleet.api.spec import QuantizedModelSpec
 from qfleet.gpus import LABEL_COMPUTE_MAJOR, LABEL_COMPUTE_MINOR, RESOURCE_GPU
 from qfleet.manifests.jobs import Owner, RUNTIME_UID
@@ -47,9 +58,15 @@ def serving_deployment(owner: Owner, spec: QuantizedModelSpec, revision: str, kv
         volumes.append({"name": "artifacts", "persistentVolumeClaim": {"claimName": artifacts.claim,
                                                                        "readOnly": True}})
         mounts.append({"name": "artifacts", "mountPath": ARTIFACTS_MOUNT, "readOnly": True})
+    sample = traffic_sample(spec.artifacts.uri, owner.name)
+    if samples_traffic(spec) and sample.claim:
+        # The one writable path of a serving pod: the model's traffic sample, not the artifacts around it.
+        volumes.append({"name": "traffic-sample", "persistentVolumeClaim": {"claimName": sample.claim}})
+        mounts.append({"name": "traffic-sample", "mountPath": TRAFFIC_SAMPLE_MOUNT,
+                       "subPath": sample.path.removeprefix(ARTIFACTS_MOUNT).strip("/")})
     container = {
         "name": "server", "image": spec.serving_image, "command": [PROGRAM],
-        "args": list(serve_args(spec, revision, kv_format)),
+        "args": list(serve_args(spec, revision, kv_format, owner.name)),
         "env": [{"name": var.name, "value": var.value} for var in spec.runtime.env or ()],
         "ports": [{"name": "http", "containerPort": HTTP_PORT}, {"name": "grpc", "containerPort": GRPC_PORT},
                   {"name": "metrics", "containerPort": METRICS_PORT}],

@@ -17,7 +17,7 @@ from fractions import Fraction
 from typing import Any
 
 from qfleet.api import SpecError, parse_spec
-from qfleet.api.conditions import PIPELINE_STEPS, ConditionStatus, ConditionType, Reason
+from qfleet.api.conditions import CALIBRATION_STALE, PIPELINE_STEPS, ConditionStatus, ConditionType, Reason
 from qfleet.api.jobs import Step, step_invocation
 from qfleet.api.conditions import StepOutcome
 from qfleet.api.spec import DEFAULT_RUNTIME_IMAGE, QuantizedModelSpec
@@ -36,9 +36,11 @@ from qfleet.formats import format_compute_capability, kv_format, weight_format
 from qfleet.gpus import GPUS
 from qfleet.manifests.jobs import Owner, job_name, step_job
 from qfleet.pipeline import records
+from qfleet.pipeline.analysis import Measured, MeasureRequest
 from qfleet.pipeline.admission import Admission, NodeView, admit
 from qfleet.pipeline.records import JobState, JobView
-from qfleet.pipeline.release import DeploymentView, Measured, ReleaseChanges, ReleaseInput, Servable, release
+from qfleet.pipeline.refresh import RefreshInput, RefreshStep, refresh_step
+from qfleet.pipeline.release import DeploymentView, ReleaseChanges, ReleaseInput, Servable, release
 from qfleet.pipeline.wake import next_wake
 from qfleet.revision import calibration_key, revision_of
 
@@ -61,6 +63,8 @@ class Observed:
     """The user's HTTPRoute (spec.rollout.trafficRouting.gatewayAPI.httpRoute), as read this visit."""
     measured: Measured | None = None
     """Prometheus's answers to the queries a first pass of this visit asked for (ReleaseChanges.measure)."""
+    drift_measured: Measured | None = None
+    """Its answers to the drift queries a first pass asked for (Decision.drift_measure)."""
     action: str | None = None
     """A person's rollout action (the qfleet.io/rollout-action annotation)."""
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
@@ -83,6 +87,8 @@ class Decision:
     release: ReleaseChanges = field(default_factory=ReleaseChanges)
     wake: datetime | None = None
     """When the model next needs a visit no event will bring (qfleet.pipeline.wake); None: only events and resync."""
+    drift_measure: MeasureRequest | None = None
+    """A calibration-refresh drift check is due: run these queries and decide again with the answers."""
 
 
 STEP_CONDITION = {Step.CALIBRATE: ConditionType.CALIBRATED, Step.BUILD: ConditionType.ENGINE_BUILT,
@@ -92,7 +98,7 @@ SUCCEEDED = {Step.CALIBRATE: Reason.CALIBRATION_SUCCEEDED, Step.BUILD: Reason.EN
              Step.EVALUATE: Reason.EVALUATION_PASSED}
 FAILED = {Step.CALIBRATE: Reason.CALIBRATION_FAILED, Step.BUILD: Reason.ENGINE_BUILD_FAILED,
           Step.EVALUATE: Reason.EVALUATION_FAILED}
-WARNING_REASONS = {Reason.INVALID_SPEC, Reason.NO_COMPATIBLE_NODE_POOL, Reason.QUALITY_GATE_FAILED, Reason.ANALYSIS_FAILED,
+WARNING_REASONS = {Reason.INVALID_SPEC, Reason.DRIFT_DETECTED, Reason.REFRESH_BACKING_OFF, Reason.NO_COMPATIBLE_NODE_POOL, Reason.QUALITY_GATE_FAILED, Reason.ANALYSIS_FAILED,
                    Reason.GATE_ABORTED, Reason.FAILURE_LIMIT_REACHED, Reason.INCONCLUSIVE_LIMIT_REACHED,
                    Reason.MAX_HOLD_REACHED, Reason.ROLLOUT_ABORTED, Reason.HOLDING_FOR_EVIDENCE,
                    *FAILED.values()}
@@ -130,6 +136,8 @@ class _Visit:
     create: list[dict[str, Any]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     servable: Servable | None = None
+    generation: int = 0
+    """The calibration generation (status.refresh.generation) the revision is hashed and calibrated with."""
 
 
 def decide(observed: Observed) -> Decision:
@@ -143,10 +151,15 @@ def decide(observed: Observed) -> Decision:
         conditions.set(ConditionType.READY, ConditionStatus.FALSE, Reason.INVALID_SPEC, str(error))
         return _finish(old, status, conditions, [])
 
-    revision = revision_of(spec)
+    refresh = refresh_step(RefreshInput(
+        spec, old, observed.now, observed.namespace, observed.name, observed.runtime_image,
+        observed.drift_measured.values if observed.drift_measured else None))
+    status.refresh = refresh.status
+    revision = revision_of(spec, generation=refresh.generation)
     status.revision = (status.revision or RevisionStatus()).model_copy(update={"current": revision})
-    visit = _Visit(observed, spec, revision, old, status, conditions)
+    visit = _Visit(observed, spec, revision, old, status, conditions, generation=refresh.generation)
     _pipeline(visit)
+    _record_refresh(visit, refresh)
     changes = release(ReleaseInput(
         name=observed.name, namespace=observed.namespace, uid=observed.uid, spec=spec, revision=revision,
         servable=visit.servable, deployments=observed.deployments, route=observed.route, measured=observed.measured,
@@ -155,8 +168,24 @@ def decide(observed: Observed) -> Decision:
     decision = _finish(old, status, conditions, visit.create)
     decision.events = [*visit.events, *decision.events, *(Event(*event) for event in changes.events)]
     decision.release = changes
-    decision.wake = next_wake(spec, status, observed.now)
+    due = [when for when in (next_wake(spec, status, observed.now), refresh.wake) if when is not None]
+    decision.wake = max(min(due), observed.now) if due else None
+    decision.drift_measure = refresh.measure
     return decision
+
+
+def _record_refresh(visit: _Visit, refresh: RefreshStep) -> None:
+    """CalibrationStale (only on models with a refresh), and the refresh's generation and cause on the calibration it
+    ran."""
+    conditions = visit.conditions
+    if refresh.condition is None:
+        conditions.items = [c for c in conditions.items if c.type != CALIBRATION_STALE]
+    else:
+        conditions.set(CALIBRATION_STALE, *refresh.condition)
+    calibration, state = visit.status.calibration, refresh.status
+    if calibration is not None and calibration.revision == visit.revision and visit.generation and state is not None:
+        visit.status.calibration = calibration.model_copy(update={"generation": visit.generation,
+                                                                  "refresh_reason": state.reason})
 
 
 def _pipeline(visit: _Visit) -> None:
@@ -248,7 +277,7 @@ def _step_record(visit: _Visit, admission: Admission, step: Step, calibrated_by:
     fmt, capability = admission.kv_format, admission.compute_capability
     assert fmt is not None and capability is not None
     name = job_name(observed.name, revision, fmt, step)
-    inputs = calibration_key(spec, fmt) if step is Step.CALIBRATE else None
+    inputs = calibration_key(spec, fmt, visit.generation) if step is Step.CALIBRATE else None
     previous = records.recorded(visit.old, step, name)
     if previous is not None and previous.outcome is not None:
         return previous
@@ -266,7 +295,8 @@ def _step_record(visit: _Visit, admission: Admission, step: Step, calibrated_by:
     if deleted and (previous.recreations or 0) >= records.MAX_JOB_RECREATIONS:
         return records.failed(step, name, revision, f"it was deleted before it finished, {records.MAX_JOB_RECREATIONS + 1} "
                               "times; edit the spec to retry", previous, inputs)
-    invocation = step_invocation(step, spec, revision, fmt, capability, calibrated_by)
+    invocation = step_invocation(step, spec, revision, fmt, capability, calibrated_by, observed.name,
+                                 visit.generation)
     owner = Owner(observed.name, observed.namespace, observed.uid)
     visit.create.append(step_job(owner, spec, revision, fmt, capability, invocation))
     if deleted:

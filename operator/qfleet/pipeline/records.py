@@ -132,6 +132,7 @@ def finished(step: Step, job: JobView, revision: str, fmt: str, spec: QuantizedM
             "datasetHash": s.get("datasetHash"),
             "samples": s.get("samples", spec.quantization.calibration.samples),
             "modelOptVersion": s.get("modelOptVersion"), "device": s.get("device"),
+            "datasetMix": _mix(s.get("datasetMix")),
             "report": {"kvFormat": s.get("kvFormat", fmt), "worstLayer": s.get("worstLayer"),
                        "worstLayerKL": _text(s.get("worstLayerKL")),
                        "fallbackLayers": list(s.get("fallbackLayers") or [])},
@@ -216,6 +217,15 @@ def results_of(revision: str, current: QuantizedModelStatus, old: QuantizedModel
 
 def _own(record: Any, revision: str) -> Any:
     return record if record is not None and record.revision == revision else None
+
+
+def _mix(value: Any) -> dict[str, int] | None:
+    """The runtime's `datasetMix` ({"configured": n, "recent": m}), only its counts."""
+    if not isinstance(value, Mapping):
+        return None
+    mix = {key: value[key] for key in ("configured", "recent")
+           if isinstance(value.get(key), int) and not isinstance(value.get(key), bool)}
+    return mix or None
 
 
 def _text(value: Any) -> str | None:

@@ -1,5 +1,6 @@
 """When a model next needs a visit that no watch event will bring: the next analysis of a running canary, the end of a
-superseded revision's scale-down delay. Everything else (a Job finishing, replicas becoming ready, a spec edit, a
+superseded revision's scale-down delay (a calibration refresh's next schedule, drift check or back-off end come from
+qfleet.pipeline.refresh; decide takes the earliest). Everything else (a Job finishing, replicas becoming ready, a spec edit, a
 route edit) arrives as an event of the model or one of its children, so a serving model with no canary has nothing
 due and is not visited until something changes (besides the slow resync).
 

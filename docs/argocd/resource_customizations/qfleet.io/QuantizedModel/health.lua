@@ -1,7 +1,9 @@
 -- Argo CD health of a qfleet.io/QuantizedModel, read from its status only (health is not inherited from children:
 -- the operator reports its Jobs, Deployments and canary in the conditions).
--- Order: spec not yet observed -> Progressing; a terminal failure -> Degraded; Ready True -> Healthy;
--- a paused rollout -> Suspended; anything else (a step running) -> Progressing.
+-- Order: spec not yet observed -> Progressing; a terminal failure -> Degraded; a calibration refresh under way
+-- (CalibrationStale True, not backing off) -> Progressing; Ready True -> Healthy; a paused rollout -> Suspended;
+-- anything else (a step running) -> Progressing. A refresh that was rolled back or failed is Degraded like any
+-- rolled-back or failed revision (RolledBack, or the failing step's reason), while it backs off.
 local hs = {}
 
 local failed_reasons = {
@@ -56,6 +58,13 @@ for _, condition in ipairs(obj.status.conditions) do
     hs.message = message_of(condition)
     return hs
   end
+end
+
+local stale = by_type.CalibrationStale
+if stale ~= nil and stale.status == "True" and stale.reason ~= "RefreshBackingOff" then
+  hs.status = "Progressing"
+  hs.message = message_of(stale)
+  return hs
 end
 
 local ready = by_type.Ready
