@@ -8,8 +8,9 @@ What it does, all with the runtime's own code:
 
 1. Calibrates fp8, int8 and nvfp4 with `qfleet-runtime calibrate` (ModelOpt, as the pipeline does) and evaluates
    every variant with `qfleet-runtime evaluate` (the pipeline's quality figure, `qualityDrop`, on the first
-   `EVAL_TOKENS` held-out tokens); the NVFP4 variant with the calibration's fallback layers is evaluated with them
-   kept in bf16 (`--bf16-fallback-layers`), as `serve` stores them.
+   `EVAL_TOKENS` held-out tokens). `evaluate` measures the plan `serve` stores, so the calibration's fallback layers
+   are in bf16; the variant without them (NVFP4 every layer) is evaluated on the same calibration with its report's
+   fallbackLayers emptied (`without_fallback_layers`).
 2. Generates one seeded prompt stream (`stream.py`: shared system prompts, multi-turn conversations) for all.
 3. For every prefix-cache budget and every variant: a fresh `engine.Engine` (the object the Triton model's `execute`
    calls, warmed up as `serve` does), then the stream one request at a time through `Engine.request` with
@@ -28,7 +29,6 @@ the wall time. It is a benchmark, not a test: nothing here fails on a number.
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 import json
 import math
@@ -51,6 +51,7 @@ for _root in reversed(SOURCE_ROOTS):
         sys.path.insert(0, _root)
 
 from benchmarks.runtime import stream  # noqa: E402
+from benchmarks.runtime.summary import ratios, summary_markdown, write_csv  # noqa: E402
 from localfleet.loadgen import Report  # noqa: E402  (its percentile: the one the demo and loadgen report)
 from qfleet.capacity import plan_capacity, weight_bytes  # noqa: E402
 from qfleet.formats import kv_format, weight_format  # noqa: E402
@@ -187,11 +188,29 @@ def calibrate(work: Path, fmt: str) -> dict[str, Any]:
 
 
 def evaluate(work: Path, variant: Variant) -> dict[str, Any]:
-    extra = ["--bf16-fallback-layers"] if variant.fallback_layers else []
+    artifacts = work / variant.kv_format
+    if not variant.fallback_layers:
+        artifacts = without_fallback_layers(artifacts, work / f"{variant.name}-every-layer")
     return runtime_cli(["evaluate", "--revision", "bench", "--kv-format", variant.kv_format,
-                        "--artifacts", str(work / variant.kv_format), "--model-uri", SMOLLM, "--model-revision", "main",
+                        "--artifacts", str(artifacts), "--model-uri", SMOLLM, "--model-revision", "main",
                         "--baseline-kv-format", "bf16", "--eval-tokens", str(EVAL_TOKENS),
-                        "--eval-seq-len", str(EVAL_SEQ_LEN), *extra], work / f"evaluate-{variant.name}.json")
+                        "--eval-seq-len", str(EVAL_SEQ_LEN)], work / f"evaluate-{variant.name}.json")
+
+
+def without_fallback_layers(calibrated: Path, into: Path) -> Path:
+    """The calibration in `calibrated` with no fallback layers: its report copied with fallbackLayers emptied, the rest
+    linked. `evaluate` stores the report's fallback layers in bf16, as `serve` does; this is the plan that keeps every
+    layer in the format."""
+    from qfleet_runtime.calibrate import REPORT as CALIBRATION_REPORT
+
+    into.mkdir(parents=True, exist_ok=True)
+    for entry in calibrated.iterdir():
+        target = into / entry.name
+        if entry.name == CALIBRATION_REPORT:
+            target.write_text(json.dumps(json.loads(entry.read_text()) | {"fallbackLayers": []}, indent=2))
+        elif entry.name.startswith("calibrat") and not target.exists():
+            target.symlink_to(entry.resolve())
+    return into
 
 
 # -- the machine and the commit ---------------------------------------------------------------------------------------
@@ -354,127 +373,6 @@ def main(argv: list[str] | None = None) -> int:
     log(f"wall time {timings['total']:.0f} s (calibrate {timings['calibrate']:.0f}, evaluate {timings['evaluate']:.0f}, "
         f"sweep {timings['sweep']:.0f}); results in {out}")
     return 0
-
-
-def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """NVFP4 (both variants) against FP8 at every budget: hit rate ratio and difference, FP8 TTFT / NVFP4 TTFT."""
-    by = {(r["budgetMiB"], r["variant"]): r for r in runs}
-    rows = []
-    for budget in sorted({r["budgetMiB"] for r in runs}):
-        fp8 = by[(budget, "fp8")]
-        for name in ("nvfp4", "nvfp4-fb"):
-            other = by[(budget, name)]
-            rows.append({
-                "budgetMiB": budget, "variant": name,
-                "hitRateRatio": other["hitRate"] / fp8["hitRate"] if fp8["hitRate"] else None,
-                "hitRatePoints": (other["hitRate"] - fp8["hitRate"]) * 100,
-                "ttftP50Speedup": fp8["ttftP50"] / other["ttftP50"],
-                "ttftP99Speedup": fp8["ttftP99"] / other["ttftP99"],
-                "computedTokensRatio": fp8["computedTokensPerRequest"] / other["computedTokensPerRequest"],
-                "storeTokensRatio": other["storeTokens"] / fp8["storeTokens"] if fp8["storeTokens"] else None,
-            })
-    return rows
-
-
-CSV_FIELDS = ("budgetMiB", "budgetBytes", "variant", "kvFormat", "fallbackLayers", "requests", "promptTokens",
-              "cachedTokens", "hitRate", "ttftP50", "ttftP99", "ttftMean", "promptTokensPerSecond",
-              "computedTokensPerSecond", "computedTokensPerRequest", "storeBlocks", "storeTokens", "storeBytes", "bytesPerCachedToken",
-              "plannerTokens", "storeVsPlanner", "evictions", "fallbackTokens", "sequenceBytesPerToken", "seconds")
-
-
-def write_csv(path: Path, runs: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for row in runs:
-            writer.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in row.items()})
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x * 100:.1f}%"
-
-
-def summary_markdown(result: dict[str, Any]) -> str:
-    """The short summary: the tables docs/performance.md copies."""
-    runs, host, src, info = result["runs"], result["machine"], result["source"], result["stream"]
-    by = {(r["budgetMiB"], r["variant"]): r for r in runs}
-    budgets = sorted({r["budgetMiB"] for r in runs})
-    names = [v["name"] for v in result["variants"]]
-    lines = [
-        "# bench-runtime: prefix-cache hit rate and TTFT by KV format and budget",
-        "",
-        f"Commit `{src['commit'][:12]}` ({src['subject']})"
-        + (", with uncommitted changes in the measured code" if src["uncommittedChangesInMeasuredCode"] else "")
-        + f"; {result['date']}; {host['cores']} cores ({host['cpu']}), {host['memoryGiB']} GiB, torch {host['torch']}, "
-          f"{result['threads']} threads; wall time {result['timings']['total']:.0f} s.",
-        "",
-        f"Stream: {info['requests']} requests, {info['promptTokens']:,} prompt tokens (mean {info['promptTokensMean']:.0f}, "
-        f"max {info['promptTokensMax']}); unbounded-cache hit rate {_pct(info['idealHitRate'])}. "
-        f"One generated token per request.",
-        "",
-        "## Hit rate (prompt tokens served from the prefix cache / prompt tokens)",
-        "",
-        "| budget | " + " | ".join(names) + " | NVFP4/FP8 | NVFP4+fb/FP8 |",
-        "|---" * (len(names) + 3) + "|",
-    ]
-    ratio = {(r["budgetMiB"], r["variant"]): r for r in result["ratios"]}
-
-    def hr(b: int, name: str) -> str:
-        r = ratio[(b, name)]["hitRateRatio"]
-        return ("n/a" if r is None else f"{r:.2f}x") + f" ({ratio[(b, name)]['hitRatePoints']:+.1f} pt)"
-
-    for b in budgets:
-        lines.append(f"| {by[(b, 'bf16')]['budgetBytes'] / 2**20:.2f} MiB | "
-                     + " | ".join(_pct(by[(b, n)]["hitRate"]) for n in names)
-                     + f" | {hr(b, 'nvfp4')} | {hr(b, 'nvfp4-fb')} |")
-    lines += ["", "## TTFT p50 / p99 (ms)", "",
-              "| budget | " + " | ".join(names) + " | FP8/NVFP4 p50 | FP8/NVFP4+fb p50 |",
-              "|---" * (len(names) + 3) + "|"]
-    for b in budgets:
-        lines.append(f"| {by[(b, 'bf16')]['budgetBytes'] / 2**20:.2f} MiB | "
-                     + " | ".join(f"{by[(b, n)]['ttftP50'] * 1e3:.0f} / {by[(b, n)]['ttftP99'] * 1e3:.0f}" for n in names)
-                     + f" | {ratio[(b, 'nvfp4')]['ttftP50Speedup']:.2f}x | {ratio[(b, 'nvfp4-fb')]['ttftP50Speedup']:.2f}x |")
-    lines += ["", "## Prompt tokens per second (cached ones included)", "",
-              "| budget | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for b in budgets:
-        lines.append(f"| {by[(b, 'bf16')]['budgetBytes'] / 2**20:.2f} MiB | "
-                     + " | ".join(f"{by[(b, n)]['promptTokensPerSecond']:.0f}" for n in names) + " |")
-    lines += ["", "## Prompt tokens computed per request (the rest came from the cache)", "",
-              "What TTFT pays for in prefill whatever the hardware; FP8/NVFP4 is the recomputation NVFP4 saves.", "",
-              "| budget | " + " | ".join(names) + " | FP8/NVFP4 | FP8/NVFP4+fb |", "|---" * (len(names) + 3) + "|"]
-    for b in budgets:
-        lines.append(f"| {by[(b, 'bf16')]['budgetBytes'] / 2**20:.2f} MiB | "
-                     + " | ".join(f"{by[(b, n)]['computedTokensPerRequest']:.0f}" for n in names)
-                     + f" | {ratio[(b, 'nvfp4')]['computedTokensRatio']:.2f}x"
-                     + f" | {ratio[(b, 'nvfp4-fb')]['computedTokensRatio']:.2f}x |")
-    lines += ["", "## The store against the planner", "",
-              "Tokens the prefix cache held at the end of the stream / `plan_capacity`'s tokens per replica for the "
-              "same KV bytes, where the store was full (it evicted); `-` where everything fitted. The store keeps "
-              "whole blocks of 16 tokens and the bf16 copies of fallback entries; the planner knows no fallback layers "
-              "(NVFP4+fb is planned as NVFP4).", "",
-              "| budget | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for b in budgets:
-        cells = []
-        for n in names:
-            r = by[(b, n)]
-            cells.append(f"{r['storeTokens']:,} / {r['plannerTokens']:,} ({r['storeVsPlanner'] * 100:+.2f}%)"
-                         if r["evictions"] else "-")
-        lines.append(f"| {by[(b, 'bf16')]['budgetBytes'] / 2**20:.2f} MiB | " + " | ".join(cells) + " |")
-    lines += ["", "Bytes per cached token, measured from the store (largest budget): "
-              + ", ".join(f"{n} {by[(budgets[-1], n)]['bytesPerCachedToken'] or 0:,.0f}" for n in names) + "."]
-    lines += ["", "## Quality (the pipeline's evaluation, first "
-              f"{result['evaluation']['tokens']} held-out tokens)", "",
-              "| variant | qualityDrop | KL (nats/token) | top-1 agreement | perplexity | bf16 layers |",
-              "|---|---|---|---|---|---|"]
-    for n in names:
-        q = result["quality"][n]
-        lines.append(f"| {n} | {q['qualityDrop']:+.4f} | {q['kl']:.4f} | {q['top1Agreement']:.3f} | "
-                     f"{q['perplexity']:.2f} | {', '.join(map(str, q.get('bf16Layers') or [])) or '-'} |")
-    peak = max((r for r in result["ratios"] if r["variant"] == "nvfp4"), key=lambda r: r["hitRatePoints"])
-    times = "n/a" if peak["hitRateRatio"] is None else f"{peak['hitRateRatio']:.2f}x"
-    lines += ["", f"The NVFP4 hit-rate gain over FP8 peaks at {peak['budgetMiB']} MiB: "
-              f"{peak['hitRatePoints']:+.1f} points ({times}), TTFT p50 {peak['ttftP50Speedup']:.2f}x faster.", ""]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -84,9 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
                           help="(not rendered by the operator) score only the first N held-out tokens; 0: all")
     evaluate.add_argument("--eval-seq-len", type=int, default=512,
                           help="(not rendered by the operator) window length for the held-out text")
-    evaluate.add_argument("--bf16-fallback-layers", action="store_true",
-                          help="(kept for old scripts; no effect) the calibration's fallbackLayers are always bf16 in "
-                               "the candidate, as serve stores them")
     evaluate.add_argument("--eval-text", default=None,
                           help="(not rendered by the operator) a text file to score instead of the held-out text")
     serve = steps.add_parser("serve", allow_abbrev=False,
