@@ -19,7 +19,7 @@ from typing import Any
 from qfleet import views as view_of
 from qfleet.manifests.names import LABEL_MODEL
 from qfleet.pipeline import JobView, NodeView
-from qfleet.pipeline.release import DeploymentView
+from qfleet.pipeline.release_types import DeploymentView
 
 ModelKey = tuple[str, str]
 """(namespace, name) of a QuantizedModel."""

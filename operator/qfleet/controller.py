@@ -26,7 +26,7 @@ from qfleet.api.spec import DEFAULT_RUNTIME_IMAGE
 from qfleet.cache import FleetCache, ModelKey, Snapshot
 from qfleet.pipeline import Decision, Event, Observed, decide
 from qfleet.pipeline.analysis import Measured, MeasureRequest
-from qfleet.pipeline.release import ACTION_ANNOTATION
+from qfleet.pipeline.rollout_action import ACTION_ANNOTATION
 from qfleet.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from qfleet.api.jobs import parse_summary
 from qfleet.gpus import RESOURCE_GPU
 from qfleet.manifests.names import LABEL_REVISION
 from qfleet.pipeline import JobState, JobView, NodeView
-from qfleet.pipeline.release import DeploymentView
+from qfleet.pipeline.release_types import DeploymentView
 
 
 def node_view(node: Mapping[str, Any]) -> NodeView:

@@ -13,7 +13,8 @@ from qfleet.api import parse_spec
 from qfleet.api.jobs import Step
 from qfleet.manifests.jobs import job_name
 from qfleet.pipeline import JobState, JobView, NodeView, Observed, decide
-from qfleet.pipeline.release import SCALE_DOWN_DELAY, DeploymentView, Measured
+from qfleet.pipeline.analysis import Measured
+from qfleet.pipeline.release_types import SCALE_DOWN_DELAY, DeploymentView
 from qfleet.gpus import GPUS, gfd_labels
 from qfleet.revision import revision_of
 

@@ -21,7 +21,7 @@ from qfleet import kube
 from qfleet.cli import main as qfleet_main
 from qfleet.cli.rollback import RollbackRefused, rollback_patch
 from qfleet.cli.timeline import render_status
-from qfleet.pipeline.release import ACTION_ANNOTATION
+from qfleet.pipeline.rollout_action import ACTION_ANNOTATION
 
 Reader = Callable[[str, str | None], Mapping[str, Any]]
 """(name, namespace or None for the kubeconfig's) -> the QuantizedModel document."""

@@ -9,15 +9,11 @@ revision), and never scaled up while a canary runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 from qfleet import rollout
 from qfleet.api.conditions import ConditionStatus, ConditionType, Outcome, Reason
-from qfleet.api.spec import QuantizedModelSpec
 from qfleet.api.status import (
     MAX_HISTORY,
     AnalysisRun,
@@ -27,19 +23,8 @@ from qfleet.api.status import (
 )
 from qfleet.gates import IntervalVerdict, effective_gates, effective_interval
 from qfleet.manifests.jobs import Owner
-from qfleet.manifests.names import LABEL_MODEL
-from qfleet.manifests.serving import (
-    CANARY,
-    STABLE,
-    deployment_name,
-    role_service,
-    service_name,
-    serving_deployment,
-    weighted_rules,
-)
+from qfleet.manifests.serving import deployment_name
 from qfleet.pipeline.analysis import (
-    Measured,
-    MeasureRequest,
     Revisions,
     analysis_run,
     deciding_gate_text,
@@ -47,71 +32,10 @@ from qfleet.pipeline.analysis import (
     judge,
     measure_request,
 )
-from qfleet.pipeline.records import StepResults
+from qfleet.pipeline.release_types import SCALE_DOWN_DELAY, ReleaseChanges, ReleaseInput, SetCondition
+from qfleet.pipeline.rollout_action import RolloutActions
+from qfleet.pipeline.serving_children import ServingChildren
 from qfleet.revision import artifact_spec
-
-SCALE_DOWN_DELAY = timedelta(seconds=30)
-"""How long a superseded stable revision keeps its replicas after a promotion (connections drain, rollback is quick)."""
-ACTION_ANNOTATION = "qfleet.io/rollout-action"
-"""`promote:REVISION` or `abort:REVISION` (what `kubectl qfleet promote|abort` writes): acted on only while that
-revision is the running canary; any other value is dropped with a Warning Event. The operator removes it either way."""
-
-
-@dataclass(frozen=True)
-class DeploymentView:
-    name: str
-    revision: str
-    replicas: int
-    ready_replicas: int
-
-
-@dataclass(frozen=True)
-class Servable:
-    """The current revision passed calibration, build and evaluation: what its Deployment needs."""
-
-    kv_format: str
-    compute_capability: tuple[int, int]
-
-
-@dataclass
-class ReleaseChanges:
-    deployments: list[dict[str, Any]] = field(default_factory=list)
-    """Deployments to create (an existing one is left alone)."""
-    scale: dict[str, int] = field(default_factory=dict)
-    services: list[dict[str, Any]] = field(default_factory=list)
-    """Services to create, or whose selector to set."""
-    route_rules: tuple[str, list[dict[str, Any]]] | None = None
-    """(HTTPRoute name, its new rules) when the weights must change."""
-    measure: MeasureRequest | None = None
-    """Analysis is due: run these queries and decide again with the answers."""
-    verdicts: list[tuple[str, str]] = field(default_factory=list)
-    rollback_cause: str | None = None
-    promoted: bool = False
-    action_done: bool = False
-    """A person's action was acted upon or dropped: remove the annotation."""
-    events: list[tuple[str, str, str]] = field(default_factory=list)
-    """(type, reason, message) of Events beyond the conditions' transitions."""
-
-
-@dataclass
-class ReleaseInput:
-    name: str
-    namespace: str
-    uid: str
-    spec: QuantizedModelSpec
-    revision: str
-    servable: Servable | None
-    deployments: Mapping[str, DeploymentView]
-    route: Mapping[str, Any] | None
-    measured: Measured | None
-    action: str | None
-    now: datetime
-    results: Callable[[str], StepResults] = lambda _: StepResults()
-    """A revision's recorded step results (qfleet.pipeline.records.results_of), kept in its history entry."""
-
-
-SetCondition = Any
-"""callable(type, status, reason, message): the pipeline's condition setter."""
 
 
 def release(given: ReleaseInput, status: QuantizedModelStatus, set_condition: SetCondition) -> ReleaseChanges:
@@ -121,7 +45,7 @@ def release(given: ReleaseInput, status: QuantizedModelStatus, set_condition: Se
     return changes
 
 
-class _Release:
+class _Release(ServingChildren, RolloutActions):
     def __init__(self, given: ReleaseInput, status: QuantizedModelStatus, set_condition: SetCondition,
                  changes: ReleaseChanges):
         self.given, self.status, self.set, self.changes = given, status, set_condition, changes
@@ -241,36 +165,6 @@ class _Release:
             self._rollback(decision, verdict)
         else:
             self._hold_or_advance(decision, verdict, stable_replicas)
-
-    # -- a person's action -------------------------------------------------------------------------------------------
-    def _manual(self) -> rollout.Manual | None:
-        """The action when it names this canary's revision."""
-        verb, _, revision = (self.given.action or "").partition(":")
-        if revision != self.given.revision or verb not in {m.value for m in rollout.Manual}:
-            return None
-        return rollout.Manual(verb)
-
-    def _drop_stale_action(self) -> None:
-        """An action not acted upon is dropped, unless it waits for its own canary (starting, or between analyses)."""
-        action = self.given.action
-        if action is None or self.changes.action_done:
-            return
-        verb, _, revision = action.partition(":")
-        canary = self.revisions.canary
-        if verb in {m.value for m in rollout.Manual} and revision and revision == canary:
-            return
-        if verb not in {m.value for m in rollout.Manual}:
-            why = "it is not an action: write promote:REVISION or abort:REVISION"
-        elif canary is None:
-            why = (f"no canary is running (revision {self.revisions.stable} is stable)" if self.revisions.stable
-                   else "no canary is running")
-        elif not revision:
-            why = f"it names no revision: write {verb}:{canary} (kubectl qfleet {verb} does)"
-        else:
-            why = f"it names revision {revision}, but the canary is revision {canary}"
-        self.changes.action_done = True
-        self.changes.events.append(("Warning", Reason.ROLLOUT_ACTION_IGNORED,
-                                    f"{ACTION_ANNOTATION}={action} dropped, nothing was promoted or aborted: {why}"))
 
     # -- canary outcomes ------------------------------------------------------------------------------------------
     def _hold_or_advance(self, decision: rollout.RolloutDecision, verdict: IntervalVerdict | None,
@@ -395,34 +289,7 @@ class _Release:
             self.changes.verdicts.extend((g.name, g.verdict.value) for g in verdict.gates)
             self.changes.verdicts.append(("interval", verdict.verdict.value))
 
-    # -- children -------------------------------------------------------------------------------------------------
-    def _ensure_deployment(self, revision: str, replicas: int) -> str:
-        given = self.given
-        assert given.servable is not None
-        name = deployment_name(given.name, revision)
-        view = given.deployments.get(name)
-        if view is None:
-            self.changes.deployments.append(serving_deployment(
-                self.owner, self.spec, revision, given.servable.kv_format, given.servable.compute_capability,
-                replicas, CANARY if self.revisions.stable not in (None, revision) else STABLE))
-        elif view.replicas != replicas:
-            self.changes.scale[name] = replicas
-        return name
-
-    def _resize(self, revision: str, replicas: int) -> None:
-        view = self.given.deployments.get(deployment_name(self.given.name, revision))
-        if view is None or view.replicas != replicas:
-            self.changes.scale[deployment_name(self.given.name, revision)] = replicas
-
-    def _scale_stable(self) -> int:
-        """The stable revision at the spec's size (never above it for a canary's sake); returns that size."""
-        stable = self.revisions.stable
-        replicas = self.spec.serving.replicas
-        view = self.given.deployments.get(deployment_name(self.given.name, stable or ""))
-        if view is not None and view.replicas != replicas:
-            self.changes.scale[view.name] = replicas
-        return replicas
-
+    # -- revisions no longer served -------------------------------------------------------------------------------
     def _scale_down_the_rest(self) -> None:
         """Revisions neither stable nor canary go to zero: at once after a rollback, after SCALE_DOWN_DELAY after a
         promotion superseded them."""
@@ -437,42 +304,6 @@ class _Release:
                     self.given.now - entry.at < SCALE_DOWN_DELAY:
                 continue
             self.changes.scale[view.name] = 0
-
-    def _services(self, stable: str | None, canary: str | None) -> None:
-        """Role Services select a revision's pods; with no router the stable one selects every revision's pods, so
-        the replica ratio is the traffic ratio."""
-        for role, revision in ((STABLE, stable), (CANARY, canary)):
-            if revision is None:
-                continue
-            service = role_service(self.owner, role, revision)
-            if self.gateway is None and role == STABLE:
-                service["spec"]["selector"] = {LABEL_MODEL: self.given.name}
-            self.changes.services.append(service)
-
-    def _route_problem(self) -> str | None:
-        """Why the user's HTTPRoute cannot carry the canary's share (None when it can, or without a router)."""
-        if self.gateway is None:
-            return None
-        name, stable = self.gateway.http_route, service_name(self.given.name, STABLE)
-        if self.given.route is None:
-            return (f"HTTPRoute {name} (spec.rollout.trafficRouting.gatewayAPI.httpRoute) does not exist in namespace "
-                    f"{self.given.namespace}: create it with a backendRef to Service {stable}")
-        rules = (self.given.route.get("spec") or {}).get("rules") or []
-        if not any(ref.get("name") == stable for rule in rules for ref in rule.get("backendRefs") or []):
-            return f"HTTPRoute {name} has no backendRef to Service {stable}: add one; qfleet sets only the weights"
-        return None
-
-    def _route(self, canary_weight: Decimal) -> None:
-        if self.gateway is None:
-            return
-        route = self.given.route
-        if route is None:
-            return
-        stable_weight, weight = rollout.route_weights(canary_weight)
-        rules = weighted_rules(dict(route), service_name(self.given.name, STABLE),
-                               service_name(self.given.name, CANARY), stable_weight, weight)
-        if rules != (route.get("spec") or {}).get("rules"):
-            self.changes.route_rules = (self.gateway.http_route, rules)
 
     # -- status ---------------------------------------------------------------------------------------------------
     def _serving(self, message: str) -> None:
@@ -499,4 +330,3 @@ class _Release:
                              analysis=self._analysis_run(verdict) if verdict is not None else None,
                              calibration=results.calibration, engine=results.engine, evaluation=results.evaluation)
         self.status.history = [*self.status.history, entry][-MAX_HISTORY:]
-

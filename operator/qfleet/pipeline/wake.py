@@ -15,7 +15,7 @@ from qfleet.api.conditions import Outcome
 from qfleet.api.spec import QuantizedModelSpec
 from qfleet.api.status import QuantizedModelStatus
 from qfleet.gates import effective_interval
-from qfleet.pipeline.release import SCALE_DOWN_DELAY
+from qfleet.pipeline.release_types import SCALE_DOWN_DELAY
 
 
 def next_wake(spec: QuantizedModelSpec, status: QuantizedModelStatus, now: datetime) -> datetime | None:
