@@ -18,7 +18,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from localfleet.demo.stories import CPU_SETTING, GATES as DEMO_GATES, StoryResult  # noqa: E402
+from localfleet.demo.manifests import CPU_SETTING, GATES as DEMO_GATES  # noqa: E402
+from localfleet.demo.story_result import StoryResult  # noqa: E402
 from localfleet.demo.watch import GATES, Sample  # noqa: E402
 from qfleet.capacity import plan_capacity  # noqa: E402
 from qfleet.formats import weight_format  # noqa: E402

@@ -23,104 +23,32 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 
 from kubernetes import client as k8s
 
-from localfleet import loadgen, nodes
-from localfleet.demo.traffic import PASSAGES, infer_body, traffic_body
+from localfleet import loadgen
+from localfleet.demo.manifests import (
+    AUTO_MODEL,
+    FAULT,
+    INFER,
+    LAYER_FALLBACK,
+    MODEL,
+    NVFP4_CANARY_SECONDS,
+    PIPELINE_TIMEOUT,
+    ROLLOUT_TIMEOUT,
+    llama_auto,
+    smollm,
+)
+from localfleet.demo.story_actions import StoryActions
+from localfleet.demo.story_result import StoryResult
 from localfleet.demo.watch import Recorder, StoryFailed, condition
 from localfleet.fleet import Fleet
 from localfleet.processes import ProcessFailed, wait_until
 from qfleet.api import GROUP, PLURAL, VERSION
 
-MODEL = "smollm"
-AUTO_MODEL = "llama-70b-auto"
-ROUTE = "smollm"
-GATEWAY_API = ("gateway.networking.k8s.io", "v1")
-FAULT = {"name": "QFLEET_FAULT_KV_SCALE", "value": "0.5"}
-PROMPT = PASSAGES[0]
-INFER = infer_body(PROMPT)
-PIPELINE_TIMEOUT = 1200
-ROLLOUT_TIMEOUT = 900
-NVFP4_CANARY_SECONDS = 600
-"""How long the NVFP4 canary may gather evidence: near the quality bound the default gate needs thousands of scored
-tokens, and a demo reports an undecided canary rather than waiting for it."""
 
-STEPS = [
-    # Each step is judged on what it accumulated since it started; it advances once its evidence passes.
-    {"weight": "20", "pause": "60s"},
-    {"weight": "50", "pause": "30s"},
-    {"weight": "100"},
-]
-CPU_SETTING = "p99LatencyRatio"
-GATES = {
-    # The one setting that differs from the defaults, for a CPU reason: two CPU servers share two cores with the
-    # traffic and the live-quality rescoring, and NVFP4's packing is about 1.3x slower on CPU than FP8's (a GPU
-    # kernel does not pay it); 40 requests a side make the p99's interval, not 500, so a step takes minutes.
-    CPU_SETTING: {"max": "2", "abortAbove": "4", "minSamples": 40},
-    # fallbackRate and qualityDrop: the defaults, not written here (docs/api.md).
-}
-LAYER_FALLBACK = {"maxLayerKL": "0.0033"}
-"""NVFP4's per-layer fallback: layers whose calibration KL is above it keep BF16 KV. With this demo's calibration
-(4 builtin samples of <= 128 tokens) it keeps 8 of SmolLM2's 30 layers in BF16, the smallest measured plan whose
-quality drop sat well under 0.01 (0.0042 on 4,088 held-out tokens; 4 layers gave 0.0095, 1 layer 0.0139), at 10,896
-KV bytes per token against FP8's 11,520: docs/runtime.md, "NVFP4 and per-layer fallback"."""
-
-
-def smollm(prometheus: str, kv_cache: str = "fp8") -> dict:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "QuantizedModel", "metadata": {"name": MODEL},
-        "spec": {
-            "model": {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"},
-            "quantization": {"weights": "bf16", "kvCache": kv_cache,
-                             "calibration": {"dataset": "builtin", "samples": 4, "maxSeqLen": 128}},
-            "nodePool": {"nodeSelector": {nodes.EXECUTOR_LABEL: "true"}, "tolerations": [nodes.EXECUTOR_TOLERATION],
-                         "gpusPerReplica": 1},
-            # Every request is also scored against BF16: one in ten would leave the quality gate without the
-            # samples it needs within a demo's minutes.
-            "serving": {"image": "qfleet/runtime:dev", "replicas": 1, "qualitySampleShare": "1"},
-            "rollout": {
-                "trafficRouting": {"gatewayAPI": {"httpRoute": ROUTE}},
-                "steps": STEPS,
-                # A fresh server's first requests pay lazy set-up: on 40 requests, one of them is the p99.
-                "analysis": {"interval": "30s", "prometheus": {"address": prometheus}, "minRequests": 20,
-                             "warmup": "20s", "failureLimit": 1, "gates": GATES},
-            },
-            "artifacts": {"uri": f"pvc://qfleet-artifacts/{MODEL}"},
-        },
-    }
-
-
-def llama_auto() -> dict:
-    """examples/llama-70b-auto.yaml's choice of format, on the local fleet's simulated H100 pool."""
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "QuantizedModel", "metadata": {"name": AUTO_MODEL},
-        "spec": {
-            "model": {"uri": "hf://meta-llama/Llama-3.3-70B-Instruct"},
-            "quantization": {"weights": "bf16", "kvCache": "auto", "kvCacheLadder": ["nvfp4", "fp8", "bf16"]},
-            "nodePool": {"nodeSelector": {nodes.POOL_LABEL: "h100"}, "gpusPerReplica": 8},
-            "artifacts": {"uri": f"pvc://qfleet-artifacts/{AUTO_MODEL}"},
-        },
-    }
-
-
-@dataclass
-class StoryResult:
-    key: str
-    title: str
-    started: float
-    finished: float | None = None
-    passed: bool = False
-    summary: str = ""
-    facts: dict[str, str] = field(default_factory=dict)
-    traffic: dict | None = None
-    formats: dict[str, str] = field(default_factory=dict)
-    """KV format -> what the default gates made of it and why, with the numbers (the report's format table)."""
-
-
-class Demo:
+class Demo(StoryActions):
     def __init__(self, fleet: Fleet, api: k8s.ApiClient, namespace: str, short: bool, log: Callable = print):
         self.fleet, self.api, self.namespace, self.short, self.log = fleet, api, namespace, short, log
         self.objects = k8s.CustomObjectsApi(api)
@@ -314,107 +242,6 @@ class Demo:
         result.summary = f"auto picked fp8: {selected.get('message') or ''}"
         for entry in ladder:
             result.formats[f"auto on H100: {entry['kvCache']}"] = f"{entry['outcome']}: {entry.get('message') or ''}"
-
-    # ---- helpers -------------------------------------------------------------------------------------------------
-    def _follow(self, result: StoryResult, done: Callable[[dict], bool], timeout: float, what: str,
-                allow: tuple[str, ...] = ()) -> dict:
-        def or_failed(document: dict) -> bool:
-            for kind in ("Calibrated", "EngineBuilt", "Evaluated"):
-                step = condition(document, kind)
-                if step.get("status") == "False" and step.get("reason", "").endswith("Failed") \
-                        and step.get("reason") not in allow:
-                    raise StoryFailed(f"{what}: {kind} {step['reason']}: {step.get('message')}")
-            return done(document)
-        return self.recorder.follow(MODEL, result.key, or_failed, timeout, what)
-
-    def _await_canary(self, result: StoryResult, stable: str) -> str:
-        self.log("the new revision's pipeline runs first (traffic waits: an evaluation beside a loaded CPU server "
-                 "takes many minutes)")
-        done = self._follow(result, lambda d: ((d["status"].get("revision") or {}).get("canary")
-                                               not in (None, stable)), PIPELINE_TIMEOUT,
-                            "the new revision's pipeline to pass and its canary to start")
-        return done["status"]["revision"]["canary"]
-
-    def _promoted(self, document: dict, stable: str) -> bool:
-        if condition(document, "RolledBack").get("status") == "True":
-            raise StoryFailed(f"the canary was rolled back: {condition(document, 'RolledBack').get('message')}")
-        return (document["status"].get("revision") or {}).get("stable") not in (None, stable)
-
-    def _traffic(self, result: StoryResult) -> _Traffic:
-        return _Traffic(loadgen.SteadyTraffic(self.url, self._headers(), traffic_body, timeout=60), result, self.recorder)
-
-    def _stable(self) -> str:
-        return self.recorder.read(MODEL)["status"]["revision"]["stable"]
-
-    def _patch(self, spec: dict) -> None:
-        self.objects.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, MODEL, {"spec": spec})
-
-    def _headers(self) -> dict[str, str]:
-        return {"Host": self.host, "Content-Type": "application/json"}
-
-    def _create_route(self) -> None:
-        route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-                 "metadata": {"name": ROUTE, "namespace": self.namespace},
-                 "spec": {"parentRefs": [{"name": "fleet", "namespace": "localfleet"}], "hostnames": [self.host],
-                          "rules": [{"backendRefs": [{"name": f"{MODEL}-stable", "port": 8000}]}]}}
-        self.objects.create_namespaced_custom_object(*GATEWAY_API, self.namespace, "httproutes", route)
-        self.log(f"HTTPRoute {ROUTE}: host {self.host} on the fleet's Traefik gateway, all traffic to "
-                 f"{MODEL}-stable")
-
-    def _route_weights(self) -> dict[str, int]:
-        route = self.objects.get_namespaced_custom_object(*GATEWAY_API, self.namespace, "httproutes", ROUTE)
-        return {ref["name"]: ref.get("weight", 1) for rule in route["spec"]["rules"]
-                for ref in rule.get("backendRefs", [])}
-
-    def _pipeline_facts(self, status: dict) -> dict[str, str]:
-        facts = {}
-        calibration = status.get("calibration") or {}
-        report = calibration.get("report") or {}
-        if report:
-            facts["calibration"] = (f"ModelOpt {calibration.get('modelOptVersion')} on {calibration.get('device')}, "
-                                    f"{calibration.get('samples')} samples; worst layer {report.get('worstLayer')} "
-                                    f"KL {report.get('worstLayerKL')}")
-        evaluation = status.get("evaluation") or {}
-        if evaluation:
-            facts["evaluation"] = (f"score {evaluation.get('score')} vs BF16 {evaluation.get('baselineScore')}, "
-                                   f"quality drop {evaluation.get('qualityDrop')}")
-        capacity = status.get("capacity") or {}
-        if capacity:
-            facts["capacity (planner)"] = (f"{capacity.get('kvCache')} on {capacity.get('gpu')}: "
-                                           f"{capacity.get('kvBytesPerToken')} KV bytes/token, "
-                                           f"{capacity.get('maxTokensPerReplica')} tokens per replica")
-        for step, key in (("calibrate", "calibration"), ("build", "engine"), ("evaluate", "evaluation")):
-            seconds = self._job_seconds((status.get(key) or {}).get("job"))
-            if seconds is not None:
-                facts[f"{step} Job"] = f"{seconds:.0f} s"
-        return facts
-
-    def _job_seconds(self, name: str | None) -> float | None:
-        if not name:
-            return None
-        job = k8s.BatchV1Api(self.api).read_namespaced_job(name, self.namespace)
-        if job.status.start_time and job.status.completion_time:
-            return (job.status.completion_time - job.status.start_time).total_seconds()
-        return None
-
-
-class _Traffic:
-    """Steady traffic through the gateway for the length of a `with` block; its totals go into the story."""
-
-    def __init__(self, traffic: loadgen.SteadyTraffic, result: StoryResult, recorder: Recorder):
-        self.traffic, self.result, self.recorder = traffic, result, recorder
-
-    def __enter__(self) -> loadgen.SteadyTraffic:
-        self.began = self.recorder.now()
-        return self.traffic.start()
-
-    def __exit__(self, *_) -> None:
-        self.traffic.stop()
-        latencies = self.traffic.latencies()
-        self.result.traffic = {
-            "from": round(self.began, 1), "to": round(self.recorder.now(), 1), "sent": self.traffic.sent(),
-            "failed": self.traffic.failures(), "p50": latencies.percentile(0.5), "p99": latencies.percentile(0.99),
-        }
 
 
 def timestamp() -> str:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from localfleet.demo import report
-from localfleet.demo.stories import StoryResult
+from localfleet.demo.story_result import StoryResult
 from localfleet.demo.watch import sample_of
 
 ANALYSIS = {"at": "2026-11-24T02:00:00Z", "verdict": "Abort", "requests": 1, "confidence": "0.95",
