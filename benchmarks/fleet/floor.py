@@ -10,6 +10,7 @@ from pathlib import Path
 
 from kubernetes import client as k8s
 from kubernetes import watch
+from kubernetes.client.rest import ApiException
 
 from benchmarks.fleet import awaiting, workload as wl
 from benchmarks.fleet.legs import _namespace
@@ -54,27 +55,40 @@ def run_floor(fleet: Fleet, work: wl.Workload, prometheus: str, work_dir: Path, 
     for namespace, model in placement:
         batch.create_namespaced_job(namespace, job(model, STEPS[0]))
     remaining = {(ns, model): 0 for ns, model in placement}  # index of the step running
-    listing = batch.list_job_for_all_namespaces(label_selector="bench.qfleet.io/floor=true")
-    resource_version = listing.metadata.resource_version
+    selector = "bench.qfleet.io/floor=true"
+
+    def advance(found) -> None:
+        """The next step of a model whose running step's Job succeeded; any other Job, or one seen again, is
+        ignored, so a Job met both in a listing and in a watch acts once."""
+        key = (found.metadata.namespace, found.metadata.labels["qfleet.io/model"])
+        if key not in remaining or not (found.status and found.status.succeeded):
+            return
+        if STEPS[remaining[key]] != found.metadata.labels["qfleet.io/step"]:
+            return
+        remaining[key] += 1
+        if remaining[key] < len(STEPS):
+            batch.create_namespaced_job(key[0], job(key[1], STEPS[remaining[key]]))
+        else:
+            apps.create_namespaced_deployment(key[0], deployment(key[1]))
+            del remaining[key]
+
     deadline = started + timeout
     while remaining and time.monotonic() < deadline:
-        for event in watch.Watch().stream(batch.list_job_for_all_namespaces, label_selector="bench.qfleet.io/floor=true",
-                                          resource_version=resource_version, timeout_seconds=30):
-            found = event["object"]
-            resource_version = found.metadata.resource_version
-            key = (found.metadata.namespace, found.metadata.labels["qfleet.io/model"])
-            if key not in remaining or not (found.status and found.status.succeeded):
-                continue
-            if STEPS[remaining[key]] != found.metadata.labels["qfleet.io/step"]:
-                continue
-            remaining[key] += 1
-            if remaining[key] < len(STEPS):
-                batch.create_namespaced_job(key[0], job(key[1], STEPS[remaining[key]]))
-            else:
-                apps.create_namespaced_deployment(key[0], deployment(key[1]))
-                del remaining[key]
-            if not remaining:
-                break
+        # Level-based: every round starts from a listing, so a watch that ends early (a resourceVersion too old for
+        # the apiserver's watch cache under a thousand nodes' churn) loses no Job's success.
+        listing = batch.list_job_for_all_namespaces(label_selector=selector)
+        for found in listing.items:
+            advance(found)
+        try:
+            for event in watch.Watch().stream(batch.list_job_for_all_namespaces, label_selector=selector,
+                                              resource_version=listing.metadata.resource_version, timeout_seconds=30):
+                if event["type"] != "ERROR":
+                    advance(event["object"])
+                if not remaining:
+                    break
+        except ApiException as error:
+            if error.status != 410:  # Gone: the next round lists again
+                raise
     if remaining:
         raise awaiting.NotReached(f"floor: {len(remaining)} models' Jobs unfinished after {timeout:.0f} s")
     awaiting.all_reach(api, "apps", "v1", "deployments", {(ns, f"{m}-floor") for ns, m in placement},
