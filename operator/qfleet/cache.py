@@ -93,9 +93,23 @@ class FleetCache:
             if event == DELETED:
                 jobs.pop(meta["name"], None)
             else:
-                jobs[meta["name"]] = {"metadata": {"name": meta["name"], "uid": meta.get("uid")},
-                                      "status": copy.deepcopy(body.get("status") or {})}
+                self._store_job(key, body)
         return key
+
+    def _store_job(self, key: ModelKey, body: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        self.jobs.setdefault(key, {})[meta["name"]] = {"metadata": {"name": meta["name"], "uid": meta.get("uid")},
+                                                       "status": copy.deepcopy(body.get("status") or {})}
+
+    def job_created(self, body: Mapping[str, Any]) -> None:
+        """A Job this operator just created, before its watch event: kept only if the watch has not brought it yet
+        (the watch's copy is as new or newer)."""
+        key = _owner(body["metadata"])
+        if key is None:
+            return
+        with self._lock:
+            if body["metadata"]["name"] not in self.jobs.get(key, {}):
+                self._store_job(key, body)
 
     def apply_pod(self, event: str | None, body: Mapping[str, Any]) -> ModelKey | None:
         meta = body["metadata"]

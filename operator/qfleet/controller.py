@@ -178,15 +178,21 @@ class Controller:
         """Creates what is missing and sets what differs, each write guarded by what the visit saw; False when one
         lost its race (nothing after it is written: the next visit starts from the newer state)."""
         api = self.api
+        # Read your own creates, as the status write does: a visit woken before a new child's watch event would
+        # otherwise not see it and create it again (a 409, and a request wasted at fleet scale).
         for manifest in decision.create:
             with telemetry.api_call("create_job"):
-                if kube.create_job(api, manifest):
-                    telemetry.CHILDREN_CREATED.labels("Job").inc()
+                created = kube.create_job(api, manifest)
+            if created is not None:
+                self.cache.job_created(created)
+                telemetry.CHILDREN_CREATED.labels("Job").inc()
         changes = decision.release
         for manifest in changes.deployments:
             with telemetry.api_call("create_deployment"):
-                if kube.create_deployment(api, manifest):
-                    telemetry.CHILDREN_CREATED.labels("Deployment").inc()
+                created = kube.create_deployment(api, manifest)
+            if created is not None:
+                self.cache.apply_deployment(None, created)
+                telemetry.CHILDREN_CREATED.labels("Deployment").inc()
         for manifest in changes.services:
             existing = snapshot.services.get(manifest["metadata"]["name"])
             with telemetry.api_call("ensure_service"):

@@ -78,18 +78,19 @@ def user_agent() -> str:
     return f"qfleet-operator/{os.environ.get('QFLEET_POD_NAME') or socket.gethostname()}-{os.getpid()}"
 
 
-def create_job(api: k8s.ApiClient, manifest: dict) -> bool:
-    """Creates the Job; an existing one (409) counts as success. Returns True when this call created it."""
+def create_job(api: k8s.ApiClient, manifest: dict) -> dict | None:
+    """Creates the Job; an existing one (409) counts as success. Returns the Job as created (the watch's shape) when
+    this call created it, None when it existed."""
     LIMIT.acquire()
     try:
-        k8s.BatchV1Api(api).create_namespaced_job(manifest["metadata"]["namespace"], manifest,
-                                                  _request_timeout=REQUEST_TIMEOUT)
+        created = k8s.BatchV1Api(api).create_namespaced_job(manifest["metadata"]["namespace"], manifest,
+                                                            _request_timeout=REQUEST_TIMEOUT)
     except ApiException as error:
         if error.status == 409:
-            return False
+            return None
         raise
     log.info("Created Job %s/%s", manifest["metadata"]["namespace"], manifest["metadata"]["name"])
-    return True
+    return api.sanitize_for_serialization(created)
 
 
 def children_selector(model: str) -> str:
@@ -156,18 +157,19 @@ def patch_model(name: str, namespace: str | None, patch: dict, kubeconfig: str |
         raise
 
 
-def create_deployment(api: k8s.ApiClient, manifest: dict) -> bool:
-    """Creates the Deployment; an existing one (409) counts as success. Returns True when this call created it."""
+def create_deployment(api: k8s.ApiClient, manifest: dict) -> dict | None:
+    """Creates the Deployment; an existing one (409) counts as success. Returns the Deployment as created (the watch's
+    shape) when this call created it, None when it existed."""
     LIMIT.acquire()
     try:
-        k8s.AppsV1Api(api).create_namespaced_deployment(manifest["metadata"]["namespace"], manifest,
-                                                        _request_timeout=REQUEST_TIMEOUT)
+        created = k8s.AppsV1Api(api).create_namespaced_deployment(manifest["metadata"]["namespace"], manifest,
+                                                                  _request_timeout=REQUEST_TIMEOUT)
     except ApiException as error:
         if error.status == 409:
-            return False
+            return None
         raise
     log.info("Created Deployment %s/%s", manifest["metadata"]["namespace"], manifest["metadata"]["name"])
-    return True
+    return api.sanitize_for_serialization(created)
 
 
 def scale_deployment(api: k8s.ApiClient, namespace: str, name: str, replicas: int, seen: int) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from qfleet.cache import DELETED, FleetCache
 from qfleet.gpus import GPUS, gfd_labels
 from qfleet.kube import TokenBucket
+from qfleet.pipeline.records import JobState
 
 MODEL = {"apiVersion": "qfleet.io/v1alpha1", "kind": "QuantizedModel",
          "metadata": {"name": "llama", "namespace": "ml", "uid": "u1", "generation": 2, "resourceVersion": "7",
@@ -55,6 +56,21 @@ def test_children_wake_only_their_model_and_a_visit_reads_them_from_the_cache() 
     cache.apply_job(DELETED, job)
     cache.apply_model(DELETED, MODEL)
     assert cache.snapshot(("ml", "llama")) is None
+
+
+def test_a_job_the_operator_created_is_seen_before_its_watch_event_and_never_over_the_watchs_copy() -> None:
+    cache = FleetCache()
+    cache.apply_model(None, MODEL)
+    cache.job_created(owned({"status": {}}, "llama-abc-fp8-evaluate"))
+    assert set(cache.snapshot(("ml", "llama")).jobs) == {"llama-abc-fp8-evaluate"}
+
+    finished = owned({"status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}},
+                     "llama-abc-fp8-build")
+    cache.apply_job(None, finished)
+    cache.job_created(owned({"status": {}}, "llama-abc-fp8-build"))  # the create's answer, after the watch's event
+    jobs = cache.snapshot(("ml", "llama")).jobs
+    assert jobs["llama-abc-fp8-build"].state is JobState.SUCCEEDED
+    assert jobs["llama-abc-fp8-evaluate"].state is JobState.RUNNING
 
 
 def test_nodes_alike_but_for_their_name_are_one_view_with_a_count() -> None:
