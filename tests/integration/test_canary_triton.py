@@ -78,8 +78,11 @@ def serving_smollm(api, objects, namespace, fleet, operator_process):
     serving = wait_for_condition(objects, namespace, "smollm", "Ready", "True", operator_process,
                                  reason="RevisionServing", timeout=600)
     url = fleet.gateway_url() + "/v2/models/qfleet/infer"
-    first = loadgen.run(url, 2, concurrency=1, max_seconds=60, timeout=30,
-                        headers={"Host": f"{namespace}.test", "Content-Type": "application/json"}, data=INFER)
+    headers = {"Host": f"{namespace}.test", "Content-Type": "application/json"}
+    # Traefik programs the route a moment after the Service's endpoints appear, which can be after Ready
+    wait_until("a first answer through the gateway", lambda: loadgen.run(
+        url, 1, concurrency=1, max_seconds=30, timeout=30, headers=headers, data=INFER).ok == 1, 60, interval=1)
+    first = loadgen.run(url, 2, concurrency=1, max_seconds=60, timeout=30, headers=headers, data=INFER)
     assert first.ok == 2, first.as_dict()
     return serving["status"]["revision"]["stable"], url
 
