@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from qfleet.api.conditions import ConditionStatus, Outcome, Reason
+from qfleet.api.schedule import MIN_INTERVAL
 from qfleet.api.refresh_spec import FALLBACK_RATE, OUT_OF_RANGE, QUALITY_DROP, Refresh, Trigger
 from qfleet.api.spec import QuantizedModelSpec
 from qfleet.api.status import DriftFigure, QuantizedModelStatus, RefreshStatus
@@ -83,14 +84,21 @@ def drift_verdict(name: str, trigger: Trigger, reading: DriftReading, above_sinc
 
 def next_refresh_due(refresh: Refresh, status: QuantizedModelStatus) -> datetime | None:
     """When the schedule next asks for a refresh: the interval (or the cron's next time) after the later of the
-    current calibration's completion and the last refresh request; None without a schedule or a calibration."""
+    current calibration's completion and the last refresh request, and never sooner than MIN_INTERVAL after it (a
+    cron such as `* * * * *` or `0 * * * *` names times closer together: those are skipped); None without a schedule
+    or a calibration."""
     schedule = refresh.parsed_schedule()
     calibration = status.calibration
     anchors = [when for when in (calibration.completed_at if calibration else None,
                                  status.refresh.requested_at if status.refresh else None) if when is not None]
     if schedule is None or not anchors:
         return None
-    return schedule.next_after(max(anchors))
+    last = max(anchors)
+    due = schedule.next_after(last)
+    earliest = last + MIN_INTERVAL
+    if due is not None and due < earliest:
+        due = schedule.next_after(earliest - timedelta(microseconds=1))  # the first named minute at or after it
+    return due
 
 
 def backoff(failures: int) -> timedelta:
