@@ -38,8 +38,9 @@ MAX_BACKOFF_SECONDS = 300.0
 
 @dataclass(frozen=True)
 class LoopSettings:
-    workers: int = 4
-    """Visits at the same time (threads); the chart's `workers`."""
+    workers: int = 16
+    """Visits at the same time (threads); the chart's `workers`. Visits wait on the apiserver and Prometheus, not on
+    the CPU, so more threads than cores keep more of them in flight."""
     resync_seconds: float = 600.0
     """Every model is visited at least this often, whatever happens (the level-based safety net)."""
     runtime_image: str = DEFAULT_RUNTIME_IMAGE

@@ -27,7 +27,7 @@ NAMESPACED = os.environ.get("QFLEET_NAMESPACED", "") == "true"
 """Set by the chart with clusterScoped=false: the Role grants no right to list namespaces, and Kopf's namespace
 scanning would retry that list for about a minute before serving the namespaces it was given."""
 SETTINGS = LoopSettings(
-    workers=int(os.environ.get("QFLEET_WORKERS", "4")),
+    workers=int(os.environ.get("QFLEET_WORKERS", LoopSettings.workers)),
     resync_seconds=float(os.environ.get("QFLEET_RESYNC_SECONDS", "600")),
     runtime_image=os.environ.get("QFLEET_RUNTIME_IMAGE") or DEFAULT_RUNTIME_IMAGE,
 )
@@ -47,7 +47,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
     settings.scanning.disabled = NAMESPACED
-    api = kube.configure(API_QPS, API_BURST)
+    api = kube.configure(API_QPS, API_BURST, connections=SETTINGS.workers + 1)  # + the Lease's renewals
     if METRICS_PORT and not STATE.get("metrics_served"):
         telemetry.serve(METRICS_PORT)
         STATE["metrics_served"] = True

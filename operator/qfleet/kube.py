@@ -58,16 +58,20 @@ class TokenBucket:
 LIMIT = TokenBucket(qps=0, burst=1)
 
 
-def configure(qps: float = 0, burst: int = 1) -> k8s.ApiClient:
+def configure(qps: float = 0, burst: int = 1, connections: int = 0) -> k8s.ApiClient:
     """In-cluster credentials when running as a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config); the rate
-    limit every call below honours."""
+    limit every call below honours; a pool of at least `connections` connections to the apiserver, one for each thread
+    that calls at once (the client's default, 5 per CPU, can be fewer than the workers, and urllib3 drops a connection
+    given back to a full pool, so the next call opens a new one)."""
     global LIMIT
     LIMIT = TokenBucket(qps, burst)
     try:
         k8s_config.load_incluster_config()
     except k8s_config.ConfigException:
         k8s_config.load_kube_config()
-    api = k8s.ApiClient()
+    configuration = k8s.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, connections)
+    api = k8s.ApiClient(configuration)
     api.user_agent = user_agent()
     return api
 

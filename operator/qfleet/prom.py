@@ -1,29 +1,74 @@
-"""The one module that talks to Prometheus: instant queries through prometheus-api-client, as numbers (or counts by
-bucket) or None."""
+"""The one module that talks to Prometheus: all of a visit's instant queries as one request (qfleet.promql.combine),
+answered as numbers (or counts by bucket) or None."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 import requests
-from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from qfleet.promql import combine, split
 
 QUERY_TIMEOUT_SECONDS = 10
+"""Per request, so for a whole analysis (its queries are one request), and as long to wait for a free slot."""
 CONCURRENT_QUERIES = 4
-"""Per Prometheus address: analyses of many models share it, a few queries at a time."""
-_CLIENTS: dict[str, tuple[PrometheusConnect, threading.BoundedSemaphore]] = {}
+"""Requests in flight per Prometheus address, however many workers visit. An analysis is one request (one query to
+Prometheus), so this is how many of Prometheus's query slots (`--query.max-concurrency`, 20 by default) the operator
+holds at most, leaving the rest to rules and dashboards; more would not make a saturated Prometheus answer sooner,
+only move the queue from here into it. Only the workers whose visit asks this address wait for a slot."""
+RETRY = Retry(total=3, backoff_factor=1, status_forcelist=(408, 429, 500, 502, 503, 504), allowed_methods=None)
+"""prometheus-api-client's policy, which qfleet used before; a query reads only, so its POST is retried like a GET."""
+QUERY_FAULTS = (400, 422)
+"""bad_data (a query that does not parse, or is a scalar or a range where combine needs an instant vector) and
+execution errors: one query's fault, so each is then asked alone."""
+_CLIENTS: dict[str, tuple[requests.Session, threading.BoundedSemaphore]] = {}
 _CLIENTS_LOCK = threading.Lock()
+_Part = tuple[str, str, dict[str, Any], Callable[[Any], Any]]
+"""A query's name, its PromQL, the dict its answer goes into, and how it is read (_number or _buckets)."""
 
 
-def _client(address: str, timeout: float) -> tuple[PrometheusConnect, threading.BoundedSemaphore]:
-    """One client per address for the operator's life: its HTTP session keeps connections open between analyses."""
+class _Unanswered(Exception):
+    """No answer: Prometheus could not be reached, did not answer in time, or had no free query slot."""
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def _client(address: str) -> tuple[requests.Session, threading.BoundedSemaphore]:
+    """One HTTP session per address for the operator's life: it keeps connections open between analyses."""
     with _CLIENTS_LOCK:
         if address not in _CLIENTS:
-            _CLIENTS[address] = (PrometheusConnect(url=address, disable_ssl=True, timeout=timeout),
-                                 threading.BoundedSemaphore(CONCURRENT_QUERIES))
+            session = requests.Session()
+            session.verify = False  # as before (prometheus-api-client's disable_ssl=True)
+            session.mount(address, HTTPAdapter(max_retries=RETRY))
+            _CLIENTS[address] = (session, threading.BoundedSemaphore(CONCURRENT_QUERIES))
         return _CLIENTS[address]
+
+
+def _ask(address: str, expression: str, timeout: float) -> Any:
+    """One instant query, POSTed as a form (a combined query is long; Prometheus's documented way for that): its
+    `data.result`."""
+    session, slots = _client(address)
+    if not slots.acquire(timeout=timeout):
+        raise _Unanswered(f"Prometheus {address} is busy: no free query slot in {timeout:g}s")
+    try:
+        response = session.post(f"{address.rstrip('/')}/api/v1/query", data={"query": expression}, timeout=timeout)
+        if response.status_code != 200:
+            raise _Refused(response.status_code, _reason(response))
+        return response.json()["data"]["result"]
+    except requests.RequestException as error:
+        raise _Unanswered(f"{type(error).__name__}: {str(error)[:300]}") from error
+    finally:
+        slots.release()
 
 
 @dataclass(frozen=True)
@@ -37,32 +82,56 @@ class Measurements:
 
 def measure(address: str, queries: dict[str, str], histograms: dict[str, str] | None = None,
             timeout: float = QUERY_TIMEOUT_SECONDS) -> Measurements:
-    """Runs each query; a query that returns nothing, NaN or infinity (e.g. 0/0 with no traffic) has the value None,
-    and so does every query when Prometheus cannot be reached: the gates then read Inconclusive. A histogram query
-    (`sum by (le)`) gives its buckets, or None when it returns none."""
-    client, slots = _client(address, timeout)
-    values: dict[str, Decimal | None] = {}
-    buckets: dict[str, list[tuple[float, Decimal]] | None] = {}
+    """Asks every query in one request; a query that returns nothing, NaN or infinity (e.g. 0/0 with no traffic) has
+    the value None, and so does every query when Prometheus cannot be reached: the gates then read Inconclusive. A
+    histogram query (`sum by (le)`) gives its buckets, or None when it returns none. When Prometheus refuses the
+    request for a query's fault, each query is asked alone: the error is that query's, the others get their values
+    (and so when the answer cannot be split back)."""
+    histograms = histograms or {}
+    values: dict[str, Decimal | None] = dict.fromkeys(queries)
+    buckets: dict[str, list[tuple[float, Decimal]] | None] = dict.fromkeys(histograms)
+    parts: list[_Part] = [
+        *((name, q, values, _number) for name, q in queries.items()),
+        *((name, q, buckets, _buckets) for name, q in histograms.items())]
+    if not parts:
+        return Measurements(values, buckets)
+    try:
+        results = split(_ask(address, combine([q for _, q, _, _ in parts]), timeout), len(parts))
+    except (_Unanswered, _Refused) as error:
+        if isinstance(error, _Refused) and error.status in QUERY_FAULTS:
+            return Measurements(values, buckets, _one_by_one(address, parts, timeout))
+        # unreachable, busy, or refused for no query's fault (a 401): asking each alone would say the same
+        return Measurements(values, buckets, {name: str(error) for name, *_ in parts})
+    if results is None:
+        return Measurements(values, buckets, _one_by_one(address, parts, timeout))
+    for (name, _, into, read), result in zip(parts, results, strict=True):
+        into[name] = read(result)
+    return Measurements(values, buckets)
+
+
+def _one_by_one(address: str, parts: list[_Part], timeout: float) -> dict[str, str]:
+    """Asks each query alone, its answer into its dict; the errors by query."""
     errors: dict[str, str] = {}
     unreachable = None
-    for into, read, asked in ((values, _number, queries), (buckets, _buckets, histograms or {})):
-        for name, query in asked.items():
-            into[name] = None
-            if unreachable is not None:  # an analysis asks some twenty queries: one timeout is enough
-                errors[name] = unreachable
-                continue
-            if not slots.acquire(timeout=timeout):
-                errors[name] = unreachable = f"Prometheus {address} is busy: no free query slot in {timeout:g}s"
-                continue
-            try:
-                into[name] = read(client.custom_query(query))
-            except PrometheusApiClientException as error:
-                errors[name] = f"{type(error).__name__}: {str(error)[:300]}"
-            except requests.RequestException as error:
-                errors[name] = unreachable = f"{type(error).__name__}: {str(error)[:300]}"
-            finally:
-                slots.release()
-    return Measurements(values, buckets, errors)
+    for name, expression, into, read in parts:
+        if unreachable is not None:  # one timeout is enough
+            errors[name] = unreachable
+            continue
+        try:
+            into[name] = read(_ask(address, expression, timeout))
+        except _Refused as error:
+            errors[name] = str(error)
+        except _Unanswered as error:
+            errors[name] = unreachable = str(error)
+    return errors
+
+
+def _reason(response: requests.Response) -> str:
+    try:
+        body = response.json()
+        return f"HTTP {response.status_code} {body['errorType']}: {body['error']}"[:300]
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}: {response.text}"[:300]
 
 
 def _buckets(result: list[dict]) -> list[tuple[float, Decimal]] | None:

@@ -4,7 +4,8 @@ Pure: a query is a string built from the model, namespace, both revisions and th
 counts (`increase` over the window, evaluated at now: one cheap range query however long the window) from which
 `qfleet.evidence` makes estimates with sample sizes and confidence bounds; the prefix-cache gate and custom gates are
 one value each. A custom gate's query may use the placeholders {{revision}} (the canary), {{stable}}, {{model}},
-{{namespace}} and {{window}}.
+{{namespace}} and {{window}}. `combine` and `split` make an analysis's queries one request and its answer theirs
+again.
 """
 
 from __future__ import annotations
@@ -80,3 +81,31 @@ def drift_queries(window: Window, triggers: list[str]) -> dict[str, str]:
     """The stable revision's counters over the window for each named trigger, keyed `drift/<trigger>/<part>`."""
     return {f"drift/{name}/{part}": count(window, metric, window.stable)
             for name in triggers for part, metric in DRIFT_PARTS[name]}
+
+
+BATCH_LABEL = "__qfleet_q"
+"""The label `combine` gives each part's series: its index among the queries."""
+
+
+def combine(queries: list[str]) -> str:
+    """Many instant queries as one expression, so an analysis is one request: each part's series get the label
+    BATCH_LABEL (the part's index; distinct, so `or` keeps every part's series, in order) and keep their own labels
+    (`le` included). A part must be an instant vector (label_replace of a scalar or a range is invalid), and one bad
+    part fails the whole. The newline ends a `#` comment a query may end with."""
+    return " or ".join(f'label_replace({query}\n, "{BATCH_LABEL}", "{index}", "", "")'
+                       for index, query in enumerate(queries))
+
+
+def split(result: list[dict], parts: int) -> list[list[dict]] | None:
+    """A combined query's series back by part, without BATCH_LABEL, in the order Prometheus returned them (a part
+    that returned several keeps their order: the first is the one a part asked alone would give first). None when a
+    series has no part's label (a Prometheus-compatible server that drops `__` labels): the answer cannot be split."""
+    found: list[list[dict]] = [[] for _ in range(parts)]
+    index = {str(i): series for i, series in enumerate(found)}
+    for sample in result:
+        metric = dict(sample.get("metric") or {})
+        part = index.get(metric.pop(BATCH_LABEL, None))
+        if part is None:
+            return None
+        part.append({**sample, "metric": metric})
+    return found

@@ -291,3 +291,12 @@ def test_the_control_loop_settings_reach_the_operator(helm):
     assert {key: env[key] for key in ("QFLEET_WORKERS", "QFLEET_RESYNC_SECONDS", "QFLEET_API_QPS",
                                       "QFLEET_API_BURST")} == {"QFLEET_WORKERS": "8", "QFLEET_RESYNC_SECONDS": "300",
                                                                "QFLEET_API_QPS": "50", "QFLEET_API_BURST": "100"}
+
+
+def test_the_chart_and_the_operator_default_to_the_same_loop(helm):
+    from qfleet.controller import LoopSettings
+
+    container = kinds(render(helm))["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert env["QFLEET_WORKERS"] == str(LoopSettings().workers) == "16"
+    assert float(env["QFLEET_RESYNC_SECONDS"]) == LoopSettings().resync_seconds

@@ -1,6 +1,7 @@
 """Default gate queries and the metrics contract."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from qfleet.api import metrics
 from qfleet.api.rollout_spec import Rollout
 from qfleet.evidence import queries
 from qfleet.gates import KV_CACHE_HIT_RATE_DROP, effective_gates
-from qfleet.promql import Window, bucket_counts, count, default_query, render_custom
+from qfleet.promql import BATCH_LABEL, Window, bucket_counts, combine, count, default_query, render_custom, split
 
 WINDOW = Window(namespace="inference", model="llama", canary="7c1f000000", stable="52aa000000", seconds=300)
 STEP = Window(namespace="inference", model="llama", canary="7c1f000000", stable="52aa000000", seconds=259200)
@@ -68,3 +69,70 @@ def test_every_contract_metric_is_documented_and_used_names_exist() -> None:
             if token.startswith("qfleet_") and not token.startswith("qfleet_io_"):
                 base = token.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count")
                 assert base in metrics.ALL, token
+
+
+@dataclass(frozen=True)
+class CombineCase:
+    reason: str
+    queries: list[str]
+    expression: str
+
+
+COMBINE_CASES = [
+    CombineCase("nothing asked", [], ""),
+    CombineCase("one query is labelled 0", ["sum(x)"], 'label_replace(sum(x)\n, "__qfleet_q", "0", "", "")'),
+    CombineCase("parts joined by or, labelled by position", ["sum(x)", 'sum by (le) (y_bucket{a="b"})'],
+                'label_replace(sum(x)\n, "__qfleet_q", "0", "", "") or '
+                'label_replace(sum by (le) (y_bucket{a="b"})\n, "__qfleet_q", "1", "", "")'),
+    CombineCase("a query's own `or` stays inside its part (a function argument)", ["a or b", "c"],
+                'label_replace(a or b\n, "__qfleet_q", "0", "", "") or label_replace(c\n, "__qfleet_q", "1", "", "")'),
+    CombineCase("a trailing # comment ends at the newline, not at the end of the expression", ["sum(x) # why"],
+                'label_replace(sum(x) # why\n, "__qfleet_q", "0", "", "")'),
+]
+
+
+@pytest.mark.parametrize("case", COMBINE_CASES, ids=lambda case: case.reason)
+def test_combine_labels_each_part_with_its_index(case: CombineCase) -> None:
+    assert combine(case.queries) == case.expression
+
+
+def series(value: str, **labels: str) -> dict:
+    return {"metric": labels, "value": [1796078954.856, value]}
+
+
+@dataclass(frozen=True)
+class SplitCase:
+    reason: str
+    result: list[dict]
+    parts: int
+    split: list[list[dict]] | None
+
+
+SPLIT_CASES = [
+    SplitCase("no series: every part empty", [], 2, [[], []]),
+    SplitCase("each series to its part, without the batch label",
+              [series("1", __qfleet_q="1"), series("NaN", __qfleet_q="0")], 3,
+              [[series("NaN")], [series("1")], []]),
+    SplitCase("a histogram part keeps its le labels and their order",
+              [series("3", __qfleet_q="0", le="0.5"), series("7", __qfleet_q="0", le="+Inf")], 1,
+              [[series("3", le="0.5"), series("7", le="+Inf")]]),
+    SplitCase("a part that did not aggregate keeps all its series, first first",
+              [series("5", __qfleet_q="0", __name__="x", pod="b"), series("6", __qfleet_q="1"),
+               series("4", __qfleet_q="0", __name__="x", pod="a")], 2,
+              [[series("5", __name__="x", pod="b"), series("4", __name__="x", pod="a")], [series("6")]]),
+    SplitCase("a series without the label (a server that drops `__` labels): cannot be split",
+              [series("4", __qfleet_q="1"), series("1")], 2, None),
+    SplitCase("a series labelled with no part's index: cannot be split",
+              [series("4", __qfleet_q="1"), series("2", __qfleet_q="2")], 2, None),
+]
+
+
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda case: case.reason)
+def test_split_gives_each_part_its_series(case: SplitCase) -> None:
+    assert split(case.result, case.parts) == case.split
+
+
+def test_split_leaves_the_answer_it_reads_as_it_was() -> None:
+    result = [series("1", __qfleet_q="0", le="1")]
+    split(result, 1)
+    assert result == [series("1", __qfleet_q="0", le="1")] and BATCH_LABEL == "__qfleet_q"
