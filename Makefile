@@ -5,13 +5,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help venv binaries runtime-env test test-operator test-runtime test-unit test-integration chaos lint fleet-up \
-	fleet-down fleet-status demo demo-down bench bench-runtime clean
+.PHONY: help venv binaries runtime-env test test-operator test-runtime test-unit test-integration test-recalibration \
+	chaos lint fleet-up fleet-down fleet-status demo demo-down bench bench-runtime clean
 
 help:
 	@echo "make test              set up the venv and the local fleet's binaries, run every test tier"
 	@echo "make test-unit         pure tests only (no cluster)"
 	@echo "make test-integration  tests on the local fleet (real control plane, KWOK, executor, Prometheus, gateway)"
+	@echo "make test-recalibration  calibration refresh on the local fleet, with a real traffic shift and a schedule"
 	@echo "make chaos             faults, bad input and two replicas on the local fleet, with a table (docs/reliability.md)"
 	@echo "make test-runtime      the runtime's tests (ModelOpt, torch) in its own cached virtual environment"
 	@echo "make fleet-up          start the local fleet (python -m localfleet up)"
@@ -54,6 +55,12 @@ test-unit: venv
 
 test-integration: venv binaries runtime-env
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+# The calibration refresh's tests with their long variants (a real traffic shift, a scheduled refresh: two real
+# pipelines and a canary each, about 20 minutes apiece on 2 cores); `make test` runs only the short one (drift stood in
+# for by the runtime's fault switch).
+test-recalibration: venv binaries runtime-env
+	QFLEET_RECALIBRATION=full $(PY) -m pytest -s tests/integration/test_recalibration.py $(PYTEST_ARGS)
 
 # The chaos suite at full size (24 kill points, 1,000 fuzzed specs, ...); `make test` runs each scenario's short
 # variant. QFLEET_CHAOS_SEED=<n> replays a run (the seed is printed).
