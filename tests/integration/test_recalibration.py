@@ -384,7 +384,8 @@ def test_drift_on_the_stable_recalibrates_on_recent_traffic_and_the_refresh_is_p
 
         wait_until("the stable's pod with the fault to replace the healthy one", rolled_out, 240, interval=1)
         pods = [p for p in k8s.CoreV1Api(api).list_namespaced_pod(
-            namespace, label_selector=f"qfleet.io/revision={served.stable}").items if not p.metadata.deletion_timestamp]
+            namespace, label_selector=f"qfleet.io/revision={served.stable},!qfleet.io/step").items
+            if not p.metadata.deletion_timestamp]  # the serving pod, not the pipeline Jobs'
         assert [[(e.name, e.value) for e in p.spec.containers[0].env or [] if e.name == FAULT["name"]]
                 for p in pods] == [[(FAULT["name"], FAULT["value"])]], pods
         drifted = went_stale(served, patched, time.monotonic(), bound)
