@@ -456,7 +456,8 @@ def test_a_traffic_shift_past_the_calibrated_range_is_fixed_by_recalibrating_on_
 def test_a_scheduled_refresh_with_unchanged_traffic_is_canaried_and_decided_without_a_person(
         api, objects, namespace, fleet, operator_process, artifacts_claim):
     """A schedule and no trigger: nothing is asked of Prometheus for drift. Once the traffic has filled the sample,
-    the schedule is set to a cron minute about two minutes ahead (editing refresh starts no revision); at that minute
+    the calibration is aged by two hours in status (a schedule is never due within an hour of it) and the schedule is set
+    to a cron minute about two minutes ahead (editing refresh starts no revision); at that minute
     the operator starts generation 1 on its own (RefreshScheduled, a Normal Event), calibrated on the same traffic's
     recent sample, and canaries it under the same traffic. Promoted or rolled back, the test checks that outcome's
     state, and that the spec was not edited after the schedule."""
@@ -472,6 +473,11 @@ def test_a_scheduled_refresh_with_unchanged_traffic_is_canaried_and_decided_with
     traffic = served.traffic(lambda i: traffic_body(10_000 + i)).start()
     try:
         wait_for_sample(served, 2)
+        # A schedule is never due within an hour of the calibration (its floor, docs/api.md): rather than wait an
+        # hour, the test ages the first calibration by two hours in status, as if it had been made then.
+        aged = (datetime.now(UTC) - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        objects.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, MODEL, {
+            "status": {"calibration": {"completedAt": aged}}})
         due = (datetime.now(UTC) + timedelta(seconds=90)).replace(second=0, microsecond=0) + timedelta(minutes=1)
         objects.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, MODEL, {"spec": {"quantization": {
             "calibration": {"refresh": {"schedule": f"{due.minute} {due.hour} * * *"}}}}})
