@@ -4,6 +4,7 @@ step read from its record or its Job (created when missing), and the quality gat
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,10 +16,10 @@ from qfleet.api.conditions import PIPELINE_STEPS, ConditionStatus, ConditionType
 from qfleet.api.jobs import Step, step_invocation
 from qfleet.api.spec import QuantizedModelSpec
 from qfleet.api.status import CapacityStatus, EvaluationStatus, LadderEntry, StepRecord
-from qfleet.capacity import plan_capacity
+from qfleet.capacity import CapacityPlan, plan_capacity
 from qfleet.conditions import find_condition
 from qfleet.formats import format_compute_capability, kv_format, weight_format
-from qfleet.gpus import GPUS
+from qfleet.gpus import GPU, GPUS
 from qfleet.manifests.jobs import Owner, job_name, step_job
 from qfleet.pipeline import records
 from qfleet.pipeline.admission import Admission, admit
@@ -26,6 +27,7 @@ from qfleet.pipeline.records import JobState
 from qfleet.pipeline.release_types import Servable
 from qfleet.pipeline.visit import Event, Visit, VisitConditions
 from qfleet.revision import calibration_key
+from qfleet.shapes import ModelShape
 
 STEP_CONDITION = {Step.CALIBRATE: ConditionType.CALIBRATED, Step.BUILD: ConditionType.ENGINE_BUILT,
                   Step.EVALUATE: ConditionType.EVALUATED}
@@ -244,15 +246,23 @@ def _plan(visit: Visit, admission: Admission) -> None:
             f"the GPU {admission.gpu_product} (not in qfleet's catalog)"
         capacity["message"] = f"No capacity plan: qfleet does not know {missing}"
     else:
-        plan = plan_capacity(shape, gpu, weight_format(spec.quantization.weights),
-                             gpus_per_replica=spec.node_pool.gpus_per_replica, tensor_parallel=spec.tensor_parallel,
-                             kv_memory_fraction=Fraction(str(spec.engine.kv_cache_free_gpu_memory_fraction)),
-                             sequence_length=spec.engine.max_seq_len, kv_formats=[kv_format(admission.kv_format)])
+        plan = _capacity_plan(shape, gpu, spec.quantization.weights, spec.node_pool.gpus_per_replica,
+                              spec.tensor_parallel, str(spec.engine.kv_cache_free_gpu_memory_fraction),
+                              spec.engine.max_seq_len, admission.kv_format)
         row = plan.for_format(admission.kv_format)
         capacity.update(kvBytesPerToken=math.ceil(row.kv_bytes_per_token), maxTokensPerReplica=row.tokens_per_replica,
                         sequencesPerReplica=row.sequences_per_replica,
                         message="; ".join(plan.warnings) or None)
     status.capacity = CapacityStatus.model_validate(capacity)
+
+
+@functools.lru_cache(maxsize=256)
+def _capacity_plan(shape: ModelShape, gpu: GPU, weights: str, gpus: int, tensor_parallel: int, fraction: str,
+                   sequence_length: int, kv: str) -> CapacityPlan:
+    """The plan for one KV format, kept: it is pure, and every visit of a model plans the same replica again."""
+    return plan_capacity(shape, gpu, weight_format(weights), gpus_per_replica=gpus, tensor_parallel=tensor_parallel,
+                         kv_memory_fraction=Fraction(fraction), sequence_length=sequence_length,
+                         kv_formats=[kv_format(kv)])
 
 
 def _decimal(value: Any) -> Decimal | None:
