@@ -45,10 +45,10 @@ lint: venv
 test: test-operator test-runtime
 
 test-operator: venv binaries runtime-env lint
-	$(PY) -m pytest --ignore=tests/runtime $(PYTEST_ARGS)
+	$(PY) -m pytest --ignore=tests/runtime --durations=25 $(PYTEST_ARGS)
 
 test-runtime: runtime-env
-	$$($(PYTHON) runtime_image/setup_env.py --python) -m pytest tests/runtime $(PYTEST_ARGS)
+	$$($(PYTHON) runtime_image/setup_env.py --python) -m pytest tests/runtime --durations=10 $(PYTEST_ARGS)
 
 test-unit: venv
 	$(PY) -m pytest tests/unit tests/chart tests/argocd $(PYTEST_ARGS)

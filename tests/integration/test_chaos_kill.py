@@ -1,10 +1,11 @@
 """Chaos: kill -9 the operator at seeded random points across the whole pipeline and restart it each time.
 
 One model on the fleet's simulated Blackwell pool (KWOK) goes through cycle after cycle: calibration, build,
-evaluation and a stable revision; then a new revision per cycle (engine.maxBatchSize bumped), whose canary either
-fails (simulated pods export no metrics: Inconclusive until maxHold, then rolled back) or is promoted by a person
-(`kubectl qfleet promote`). The operator is killed after a delay drawn from the seeded generator (2-8 s after its last
-start), whatever it is doing; the phase each kill hit is printed. After every kill: no duplicate child, nothing status
+evaluation and a stable revision; then a new revision per cycle (engine.maxBatchSize bumped; every third cycle the
+calibration's samples instead, so it calibrates again), whose canary either fails (simulated pods export no metrics:
+Inconclusive until maxHold, then rolled back) or is promoted by a person (`kubectl qfleet promote`). The operator is
+killed after a delay drawn from the seeded generator (2-8 s after its last start), whatever it is doing; the phase each
+kill hit is printed, and counted. After every kill: no duplicate child, nothing status
 recorded goes back, and (sampled all along) the stable revision is never below spec nor re-weighted past the first
 step by a failing canary. The token Secret's value must appear in no log, status, Event or Job.
 
@@ -18,24 +19,21 @@ import random
 import signal
 import time
 import uuid
+from collections import Counter
 from decimal import Decimal
 
 import pytest
 from chaos import FULL, SEED, Row, StableWatch, duplicates, leaks, regressions
 from kubernetes import client as k8s
+from kubernetes import watch as k8s_watch
 from test_canary import canary_model, route  # noqa: F401  (route: a fixture)
 from test_pipeline import objects, read  # noqa: F401  (objects: a fixture)
 
 from localfleet.operator_process import OperatorProcess
-from localfleet.processes import wait_until
 from qfleet.api import GROUP, PLURAL, VERSION
 from qfleet.cli import plugin
 
-pytestmark = [
-    pytest.mark.usefixtures("artifacts_claim", "session_operator_paused"),
-    pytest.mark.skipif(not FULL, reason="make chaos only (QFLEET_CHAOS=full) until it has run to completion on the "
-                                        "shared fleet: written in issue 19, not yet verified (docs/reliability.md)"),
-]
+pytestmark = pytest.mark.usefixtures("artifacts_claim", "session_operator_paused")
 
 KILLS = int(os.environ.get("QFLEET_CHAOS_KILLS") or (24 if FULL else 4))
 CYCLES = 4 if FULL else 2
@@ -68,8 +66,26 @@ class Driver:
     def status(self) -> dict:
         return read(self.objects, self.namespace, "llama").get("status") or {}
 
-    def advance(self) -> None:
-        status = self.status()
+    def drive_until(self, deadline: float, done=lambda: False) -> None:
+        """Advances on every change of the model (a watch: its first event is the model as it is now) until the
+        deadline or `done()`; the wait for the next change is bounded by the time left."""
+        while time.monotonic() < deadline and not done():
+            left = deadline - time.monotonic()
+            stream = k8s_watch.Watch()
+            try:
+                for event in stream.stream(self.objects.list_namespaced_custom_object, GROUP, VERSION,
+                                           self.namespace, PLURAL, field_selector="metadata.name=llama",
+                                           timeout_seconds=max(1, int(left)), _request_timeout=left + 5):
+                    self.advance(event["object"].get("status") or {})
+                    if time.monotonic() >= deadline or done():
+                        break
+            except Exception as error:  # noqa: BLE001  the read timeout that ends a sub-second wait
+                if time.monotonic() < deadline - 0.5:
+                    raise AssertionError(f"the model's watch failed: {error!r}") from error
+            finally:
+                stream.stop()
+
+    def advance(self, status: dict) -> None:
         revision = status.get("revision") or {}
         conditions = {c["type"]: c for c in status.get("conditions", [])}
         if self.cycle == 0:
@@ -94,12 +110,16 @@ class Driver:
         self.cycle += 1
         self.promoted_asked = False
         self.watch.failing = self.cycle % 2 == 1
-        self.objects.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, "llama",
-                                                    {"spec": {"engine": {"maxBatchSize": 64 + self.cycle}}})
+        # Every third cycle re-calibrates (more samples), so kills land in calibration too, not only in the build.
+        edit = {"quantization": {"calibration": {"samples": 64 + self.cycle}}} if self.cycle % 3 == 0 else \
+            {"engine": {"maxBatchSize": 64 + self.cycle}}
+        self.objects.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, "llama", {"spec": edit})
 
 
+@pytest.mark.timeout(BUDGET_S + 180)
 def test_kill_9_at_seeded_points_loses_nothing(api, objects, core, namespace, fleet, route, tmp_path):
     rng = random.Random(SEED)
+    phases: Counter = Counter()
     row = Row("kill -9 the operator (KWOK)")
     token = f"hf_{uuid.uuid4().hex}"
     core.create_namespaced_secret(namespace, k8s.V1Secret(metadata=k8s.V1ObjectMeta(name="hf-token"),
@@ -120,13 +140,11 @@ def test_kill_9_at_seeded_points_loses_nothing(api, objects, core, namespace, fl
         before = driver.status()
         try:
             while row.faults < KILLS and time.monotonic() - started < BUDGET_S:
-                until = time.monotonic() + rng.uniform(2, 8)
-                while time.monotonic() < until:
-                    driver.advance()
-                    time.sleep(0.3)
+                driver.drive_until(time.monotonic() + rng.uniform(2, 8))
                 status = driver.status()
                 lost = regressions(before, status)
                 phase = _phase(status)
+                phases[phase.split(" weight")[0].split(" (")[0]] += 1
                 os.kill(operator.process.pid, signal.SIGKILL)
                 operator.process.wait(timeout=10)
                 row.faults += 1
@@ -137,14 +155,13 @@ def test_kill_9_at_seeded_points_loses_nothing(api, objects, core, namespace, fl
                 assert not lost, lost
                 before = status
                 operator.start()
-            while driver.cycle < CYCLES and time.monotonic() - started < BUDGET_S:
-                driver.advance()
-                time.sleep(0.3)
+            driver.drive_until(started + BUDGET_S, done=lambda: driver.cycle >= CYCLES)
             deadline_hit = row.faults < KILLS or driver.cycle < CYCLES
         finally:
             operator.stop()
     row.disruptions = len(watch.disruptions)
-    row.notes += driver.outcomes + [f"stable sampled {watch.samples} times"] + watch.disruptions[:5]
+    row.notes += driver.outcomes + [f"kills by phase: {dict(phases)}", f"stable sampled {watch.samples} times"] \
+        + watch.disruptions[:5]
     text = log.read_text(errors="replace")
     leaked = leaks(token, api, namespace, "llama", {"operator log": text})
     row.notes.append(f"token leaks: {leaked or 0}")
