@@ -31,6 +31,18 @@ def _visits(operator: OperatorProcess) -> float:
     return sum(operator.metric("qfleet_operator_reconciles_total", outcome=o) for o in ("unchanged", "updated"))
 
 
+def _canary_holding(objects, namespace: str, fleet, operator: OperatorProcess) -> tuple[str, str]:
+    """An FP8 stable and an NVFP4 canary held at its first step (0.1%) for want of evidence (KWOK pods export no
+    metrics): (stable, canary)."""
+    revisions = serve_fp8_then_canary_nvfp4(objects, namespace, fleet, operator, analysis={
+        "interval": "2s", "prometheus": {"address": fleet.prometheus_url()}, "minRequests": 1,
+        "failureLimit": 1, "maxHold": "10m"})
+    wait_until("the canary to hold at its first step", lambda: (read(objects, namespace, "llama")["status"]
+                                                                .get("canary") or {}).get("weight") == "0.1",
+               90, interval=0.5)
+    return revisions
+
+
 def _controller_manager_caught_up(api, part: str) -> float:
     """Seconds until the fleet's controller-manager (not the operator) serves a new namespace again (its default
     ServiceAccount made), awaited so that the tests after this one get a whole fleet: its informers relist after a
@@ -56,12 +68,7 @@ def test_the_operator_recovers_alone_from_a_control_plane_outage_mid_canary(api,
     operator = OperatorProcess(fleet.kubeconfig, tmp_path / "operator.log")
     operator.start()
     try:
-        _, canary = serve_fp8_then_canary_nvfp4(objects, namespace, fleet, operator, analysis={
-            "interval": "2s", "prometheus": {"address": fleet.prometheus_url()}, "minRequests": 1,
-            "failureLimit": 1, "maxHold": "10m"})
-        wait_until("the canary to hold at its first step", lambda: (read(objects, namespace, "llama")["status"]
-                                                                    .get("canary") or {}).get("weight") == "0.1",
-                   90, interval=0.5)
+        _, canary = _canary_holding(objects, namespace, fleet, operator)
         first_step = Decimal("0.1")
         with StableWatch(api, namespace, "llama", "llama-route", first_step) as watch:
             fault_started = time.monotonic()
@@ -109,12 +116,7 @@ def test_the_canary_losing_its_node_holds_the_rollout_and_leaves_the_stable_alon
     operator = OperatorProcess(fleet.kubeconfig, tmp_path / "operator.log")
     operator.start()
     try:
-        stable, canary = serve_fp8_then_canary_nvfp4(objects, namespace, fleet, operator, analysis={
-            "interval": "2s", "prometheus": {"address": fleet.prometheus_url()}, "minRequests": 1,
-            "failureLimit": 1, "maxHold": "10m"})
-        wait_until("the canary to hold at its first step", lambda: (read(objects, namespace, "llama")["status"]
-                                                                    .get("canary") or {}).get("weight") == "0.1",
-                   90, interval=0.5)
+        stable, canary = _canary_holding(objects, namespace, fleet, operator)
 
         def canary_pods() -> list:
             return core.list_namespaced_pod(namespace, label_selector=f"qfleet.io/revision={canary}").items
