@@ -85,7 +85,11 @@ class Controller:
             try:
                 due = await loop.run_in_executor(self.pool, contextvars.copy_context().run, self.visit, key)
                 self.failures.pop(key, None)
-            except Exception:
+            except Exception as error:
+                if kube.namespace_terminating(error):
+                    log.info("Visit of QuantizedModel %s/%s stopped: its namespace is being deleted", *key)
+                    self.failures.pop(key, None)
+                    continue
                 failures = self.failures[key] = self.failures.get(key, 0) + 1
                 delay = min(MAX_BACKOFF_SECONDS, 2.0 ** failures)
                 log.exception("Visit of QuantizedModel %s/%s failed (%d in a row); again in %.0fs", *key, failures,

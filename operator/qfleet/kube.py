@@ -104,6 +104,18 @@ def _answer(response: Any) -> dict:
     return json.loads(response.data)
 
 
+def namespace_terminating(error: BaseException) -> bool:
+    """The apiserver refused a write because the namespace is being deleted (403 with the NamespaceTerminating cause):
+    the model goes with it, so there is nothing to retry."""
+    if not isinstance(error, ApiException) or error.status != 403 or not error.body:
+        return False
+    try:
+        causes = (json.loads(error.body).get("details") or {}).get("causes") or []
+    except (ValueError, AttributeError):
+        return False
+    return any(cause.get("reason") == "NamespaceTerminating" for cause in causes)
+
+
 def children_selector(model: str) -> str:
     return f"{LABEL_MODEL}={model}"
 
