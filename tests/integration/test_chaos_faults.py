@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from chaos import FULL, Row, StableWatch, duplicates
@@ -41,6 +42,13 @@ def _canary_holding(objects, namespace: str, fleet, operator: OperatorProcess) -
                                                                 .get("canary") or {}).get("weight") == "0.1",
                90, interval=0.5)
     return revisions
+
+
+def _record(row: Row, log: Path, tracebacks: str, dup: list[str], watch: StableWatch) -> None:
+    """The scenario's row, with the operator log's tracebacks counted; no duplicate and no disruption, or it fails."""
+    row.notes.append(f"{tracebacks}: {log.read_text(errors='replace').count('Traceback')}")
+    row.record(not (dup or watch.disruptions))
+    assert not dup and not watch.disruptions, (dup, watch.disruptions)
 
 
 def _controller_manager_caught_up(api, part: str) -> float:
@@ -93,10 +101,7 @@ def test_the_operator_recovers_alone_from_a_control_plane_outage_mid_canary(api,
                          f"the fleet's controller-manager serving new namespaces again {caught_up:.0f} s after")
     finally:
         operator.stop()
-    text = (tmp_path / "operator.log").read_text(errors="replace")
-    row.notes.append(f"tracebacks logged while the part was down: {text.count('Traceback')}")
-    row.record(not (dup or watch.disruptions))
-    assert not dup and not watch.disruptions, (dup, watch.disruptions)
+    _record(row, tmp_path / "operator.log", "tracebacks logged while the part was down", dup, watch)
 
 
 def _node_manifest(fleet, name: str) -> dict:
@@ -163,7 +168,4 @@ def test_the_canary_losing_its_node_holds_the_rollout_and_leaves_the_stable_alon
                          f"{replaced - gone:.0f} s later on {on}; canary {outcome}; stable sampled {watch.samples} times")
     finally:
         operator.stop()
-    text = (tmp_path / "operator.log").read_text(errors="replace")
-    row.notes.append(f"tracebacks in the operator's log: {text.count('Traceback')}")
-    row.record(not (dup or watch.disruptions))
-    assert not dup and not watch.disruptions, (dup, watch.disruptions)
+    _record(row, tmp_path / "operator.log", "tracebacks in the operator's log", dup, watch)
