@@ -141,8 +141,8 @@ class Demo(StoryActions):
         give_up = time.monotonic() + NVFP4_CANARY_SECONDS
         with self._traffic(result) as traffic:
             done = self._follow(result, lambda d: condition(d, "RolledBack").get("status") == "True" or
-                                self._promoted(d, stable) or time.monotonic() > give_up, ROLLOUT_TIMEOUT,
-                                "the NVFP4 canary to be promoted or rolled back")
+                                self._promoted(d, stable) or time.monotonic() > give_up,
+                                NVFP4_CANARY_SECONDS + 60, "the NVFP4 canary to be promoted or rolled back")
         if traffic.failures():
             raise StoryFailed(f"requests failed during the canary: {traffic.failed_reports()}")
         weights = sorted({s.weight for s in self.recorder.samples if s.story == result.key and s.weight})
