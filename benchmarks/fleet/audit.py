@@ -58,10 +58,17 @@ def requests(lines: Iterable[str], user: str, since: float, until: float) -> Cou
 
 
 def read(path: Path, user: str, since: float, until: float) -> Counter:
-    if not path.exists():
-        return Counter()
-    with path.open() as log:
-        return requests(log, user, since, until)
+    """The counts from the log and the files the apiserver rotated it into (`audit-<time>.log` beside it)."""
+    counts: Counter = Counter()
+    for file in log_files(path):
+        with file.open() as log:
+            counts += requests(log, user, since, until)
+    return counts
+
+
+def log_files(path: Path) -> list[Path]:
+    rotated = sorted(path.parent.glob(f"{path.stem}-*{path.suffix}"))
+    return [*rotated, path] if path.exists() else rotated
 
 
 LEASES = "leases"

@@ -51,6 +51,20 @@ def test_lease_renewals_are_counted_apart_from_the_work():
     assert audit.totals(counts) == {"requests": 1, "reads": 0, "writes": 1, "gets": 0, "lease_requests": 2}
 
 
+def test_the_audit_log_is_read_with_the_files_the_apiserver_rotated_it_into(tmp_path):
+    # The apiserver rotates its audit log at 100 MB even at --audit-log-maxsize=0 (the log library's default): an
+    # Argo Rollouts phase 2 of 83,582 requests was once counted as 3,625 from the current file alone.
+    (tmp_path / "audit-2026-11-30T12-00-10.000.log").write_text(event("create", "ResponseComplete") + "\n")
+    (tmp_path / "audit.log").write_text(event("patch", "ResponseComplete") + "\n")
+    (tmp_path / "auditor.log").write_text(event("delete", "ResponseComplete") + "\n")  # not the audit log's
+    counts = audit.read(tmp_path / "audit.log", USER, NOON - 1, NOON + 1)
+    assert dict(counts) == {("create", "jobs"): 1, ("patch", "jobs"): 1}
+
+
+def test_a_missing_audit_log_counts_nothing(tmp_path):
+    assert audit.read(tmp_path / "audit.log", USER, NOON - 1, NOON + 1) == {}
+
+
 def test_the_audit_policy_records_only_the_controllers_without_bodies():
     policy = audit.policy([USER])
     assert policy["rules"] == [{"level": "Metadata", "users": [USER]}, {"level": "None"}]
