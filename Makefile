@@ -63,9 +63,10 @@ test-recalibration: venv binaries runtime-env
 	QFLEET_RECALIBRATION=full $(PY) -m pytest -s tests/integration/test_recalibration.py $(PYTEST_ARGS)
 
 # The chaos suite at full size (24 kill points, 1,000 fuzzed specs, ...); `make test` runs each scenario's short
-# variant. QFLEET_CHAOS_SEED=<n> replays a run (the seed is printed).
+# variant (the control-plane faults and the kill -9 under gateway traffic, about 20 minutes of real pipelines, run
+# here only). QFLEET_CHAOS_SEED=<n> replays a run (the seed is printed).
 CHAOS_TESTS := tests/integration/test_spec_fuzz.py tests/integration/test_ha.py tests/integration/test_chaos_kill.py \
-	tests/integration/test_chaos_faults.py
+	tests/integration/test_chaos_faults.py tests/integration/test_chaos_kill_traffic.py
 chaos: venv binaries runtime-env
 	QFLEET_CHAOS=full $(PY) -m pytest -s $(CHAOS_TESTS) $(PYTEST_ARGS)
 
