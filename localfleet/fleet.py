@@ -22,7 +22,7 @@ from localfleet.network import SERVICE_RANGE
 
 KWOK_CONFIG = Path(__file__).with_name("kwok.yaml")
 PORT_NAMES = ("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler", "kwok", "prometheus", "gateway",
-              "traefik_api")
+              "traefik_api", "traefik_metrics")
 START_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "executor",
                "prometheus", "traefik")
 
@@ -208,7 +208,8 @@ class Fleet:
         gateway.install(api, p["gateway"])
         gateway.create_gateway(api, p["gateway"])
         traefik = self._start(state, "traefik", gateway.traefik_argv(p["gateway"], p["traefik_api"],
-                                                                          self.log_dir / "traefik-provider.log"),
+                                                                          self.log_dir / "traefik-provider.log",
+                                                                          p.get("traefik_metrics")),
                               env=dict(os.environ, KUBECONFIG=kubeconfig))
         processes.wait_until("the gateway to be programmed", lambda: gateway.gateway_programmed(api), 60,
                              process=traefik, log=self._log("traefik"))
@@ -274,7 +275,7 @@ class Fleet:
         config = run / "prometheus.yml"
         prom_config.write_config(config, apiserver_url=self.apiserver_url(state), pki_dir=self.pki_dir,
                                  self_address=f"127.0.0.1:{p['prometheus']}", scrape_interval=self.scrape_interval,
-                                 extra_scrape_configs=self.extra_scrape_configs)
+                                 extra_scrape_configs=[*self._traefik_scrape(state), *self.extra_scrape_configs])
         prometheus = self._start(state, "prometheus", [
             str(binaries.path_of("prometheus")), f"--config.file={config}",
             f"--storage.tsdb.path={run / 'prometheus-data'}", f"--web.listen-address=127.0.0.1:{p['prometheus']}",
@@ -283,6 +284,12 @@ class Fleet:
             "--scrape.discovery-reload-interval=500ms"])
         processes.wait_until("prometheus to scrape itself", lambda: self._prometheus_has_data(state), 60,
                              process=prometheus, log=self._log("prometheus"))
+
+    def _traefik_scrape(self, state: FleetState) -> list[dict]:
+        """Traefik's metrics, on the port `up` gave them (none in a state written before they had one, or a fleet
+        with no data plane)."""
+        port = state.ports.get("traefik_metrics")
+        return [] if port is None or self.control_plane_only else [gateway.scrape_config(port)]
 
     def stop_prometheus(self) -> None:
         """Stops Prometheus as an outage would (the analysis then has no answers); `start_prometheus` brings it back

@@ -27,6 +27,7 @@ from qfleet.cache import FleetCache, ModelKey, Snapshot
 from qfleet.pipeline import Decision, Event, Observed, decide
 from qfleet.pipeline.analysis import Measured, MeasureRequest
 from qfleet.pipeline.rollout_action import ACTION_ANNOTATION
+from qfleet.promql import LATENCY_SOURCES, RUNTIME_LATENCY
 from qfleet.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,14 @@ class LoopSettings:
     resync_seconds: float = 600.0
     """Every model is visited at least this often, whatever happens (the level-based safety net)."""
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
+    latency_source: str = RUNTIME_LATENCY
+    """Where the p99 gate reads latency: `runtime` or `gateway` (QFLEET_LATENCY_SOURCE, the chart's
+    analysis.latencySource; docs/metrics.md)."""
+
+    def __post_init__(self) -> None:
+        if self.latency_source not in LATENCY_SOURCES:
+            raise ValueError(f"latency source {self.latency_source!r} (QFLEET_LATENCY_SOURCE) is none of "
+                             f"{', '.join(LATENCY_SOURCES)}")
 
 
 PostEvent = Callable[[dict[str, Any], Event], None]
@@ -141,7 +150,8 @@ class Controller:
             name=name, namespace=namespace, uid=meta["uid"], generation=int(meta.get("generation", 0)),
             spec=body.get("spec") or {}, status=body.get("status") or {}, jobs=snapshot.jobs, nodes=snapshot.nodes,
             now=_now(), deployments=snapshot.deployments, route=snapshot.route,
-            action=(meta.get("annotations") or {}).get(ACTION_ANNOTATION), runtime_image=self.settings.runtime_image)
+            action=(meta.get("annotations") or {}).get(ACTION_ANNOTATION), runtime_image=self.settings.runtime_image,
+            latency_source=self.settings.latency_source)
         decision = decide(observed)
         asked = {"measured": decision.release.measure, "drift_measured": decision.drift_measure}
         if any(asked.values()):

@@ -27,7 +27,7 @@ from qfleet.gates import (
     Estimate,
     GateBound,
 )
-from qfleet.promql import Window, bucket_counts, count, default_query, render_custom
+from qfleet.promql import Latency, Window, count, default_query, latency_buckets, latency_requests, render_custom
 
 REQUESTS = "requests"
 """Not a gate: the canary's requests over the step window, which minRequests is checked against."""
@@ -54,24 +54,23 @@ def step_seconds(since: datetime, now: datetime) -> int:
     return max(1, math.ceil((now - since) / timedelta(seconds=1)))
 
 
-def queries(bounds: Sequence[GateBound], step: Window, interval: Window) -> Queries:
+def queries(bounds: Sequence[GateBound], step: Window, interval: Window, latency: Latency = Latency()) -> Queries:
     """Every gate over the step window, the gates with an abort bound also over the interval window, and the canary's
-    request count over the step window."""
-    found = Queries({key(STEP_WINDOW, REQUESTS, "canary"): count(step, m.REQUESTS, step.canary)}, {})
+    request count over the step window; the p99 gate and the request count in the latency source given."""
+    found = Queries({key(STEP_WINDOW, REQUESTS, "canary"): latency_requests(step, latency)}, {})
     for bound in bounds:
-        _gate_queries(bound, step, STEP_WINDOW, found)
+        _gate_queries(bound, step, STEP_WINDOW, found, latency)
         if bound.abort_above is not None:
-            _gate_queries(bound, interval, INTERVAL_WINDOW, found)
+            _gate_queries(bound, interval, INTERVAL_WINDOW, found, latency)
     return found
 
 
-def _gate_queries(bound: GateBound, window: Window, name: str, into: Queries) -> None:
-    sides = (("canary", window.canary), ("stable", window.stable))
+def _gate_queries(bound: GateBound, window: Window, name: str, into: Queries, latency: Latency) -> None:
     if bound.query:
         into.values[key(name, bound.name, "value")] = render_custom(bound.query, window)
     elif bound.name == P99_LATENCY_RATIO:
-        for side, revision in sides:
-            into.histograms[key(name, bound.name, side)] = bucket_counts(window, m.REQUEST_DURATION, revision)
+        for side in ("canary", "stable"):
+            into.histograms[key(name, bound.name, side)] = latency_buckets(window, latency, side)
     elif bound.name == FALLBACK_RATE:
         into.values[key(name, bound.name, "fallback")] = count(window, m.KV_FALLBACK_ENTRIES, window.canary)
         into.values[key(name, bound.name, "entries")] = count(window, m.KV_ENTRIES, window.canary)

@@ -30,6 +30,7 @@ SETTINGS = LoopSettings(
     workers=int(os.environ.get("QFLEET_WORKERS", LoopSettings.workers)),
     resync_seconds=float(os.environ.get("QFLEET_RESYNC_SECONDS", "600")),
     runtime_image=os.environ.get("QFLEET_RUNTIME_IMAGE") or DEFAULT_RUNTIME_IMAGE,
+    latency_source=os.environ.get("QFLEET_LATENCY_SOURCE") or LoopSettings.latency_source,
 )
 API_QPS = float(os.environ.get("QFLEET_API_QPS", "40"))
 API_BURST = int(os.environ.get("QFLEET_API_BURST", "80"))

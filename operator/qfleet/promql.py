@@ -5,11 +5,13 @@ counts (`increase` over the window, evaluated at now: one cheap range query howe
 `qfleet.evidence` makes estimates with sample sizes and confidence bounds; the prefix-cache gate and custom gates are
 one value each. A custom gate's query may use the placeholders {{revision}} (the canary), {{stable}}, {{model}},
 {{namespace}} and {{window}}. `combine` and `split` make an analysis's queries one request and its answer theirs
-again.
+again. The p99 gate and the canary's request count read the latency source a `Latency` names: the runtime's own
+histogram by revision labels, or the gateway's per-backend histogram by the Traefik service of each role's Service.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from qfleet.api import metrics as m
@@ -31,6 +33,67 @@ class Window:
     def selector(self, revision: str) -> str:
         labels = m.POD_LABELS
         return f'namespace="{self.namespace}",{labels["model"]}="{self.model}",{labels["revision"]}="{revision}"'
+
+
+RUNTIME_LATENCY = "runtime"
+"""The runtime's `qfleet_request_duration_seconds` (arrival at the pod to the last token), selected by revision."""
+GATEWAY_LATENCY = "gateway"
+"""The gateway's `traefik_service_request_duration_seconds` of the model's canary and stable Services (network and
+queue included, any serving runtime), selected by Traefik's service label. Needs routing by an HTTPRoute."""
+LATENCY_SOURCES = (RUNTIME_LATENCY, GATEWAY_LATENCY)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Where the p99 gate and the canary's request count (minRequests) read: the source, and with `gateway` the
+    Kubernetes Services the HTTPRoute sends each side's share to (per role, so a window from the step's start counts
+    only the current canary's requests on the canary side)."""
+
+    source: str = RUNTIME_LATENCY
+    canary_service: str = ""
+    stable_service: str = ""
+
+    @property
+    def histogram(self) -> str:
+        return m.GATEWAY_REQUEST_DURATION if self.source == GATEWAY_LATENCY else m.REQUEST_DURATION
+
+
+def traefik_name(name: str) -> str:
+    """Traefik's `provider.Normalize`: every run of characters that are neither letters nor digits becomes one `-`
+    (so the result holds only letters, digits and `-`, none of them special in a regular expression)."""
+    return "-".join(re.findall(r"[^\W_]+", name))
+
+
+def traefik_service(namespace: str, service: str) -> str:
+    """A regular expression for the `service` label Traefik's Kubernetes Gateway provider (v3) gives an HTTPRoute
+    backendRef to the Kubernetes Service `service` in `namespace`, on any port: `<namespace>-<service>-http-<port>`
+    normalised, then `@kubernetesgateway` (pkg/provider/kubernetes/gateway/httproute.go, loadService). Every route
+    and rule sending to that Service and port shares that one Traefik service, and so its histogram."""
+    return f"{traefik_name(f'{namespace}-{service}-http')}-[0-9]+@{m.GATEWAY_PROVIDER}"
+
+
+def latency_selector(window: Window, latency: Latency, side: str) -> str:
+    """The label selector of one side (`canary` or `stable`) in the latency source."""
+    if latency.source == GATEWAY_LATENCY:
+        service = latency.canary_service if side == "canary" else latency.stable_service
+        return f'{m.GATEWAY_SERVICE_LABEL}=~"{traefik_service(window.namespace, service)}"'
+    return window.selector(window.canary if side == "canary" else window.stable)
+
+
+def latency_buckets(window: Window, latency: Latency, side: str) -> str:
+    """One side's latency observations over the window by bucket (`le`, cumulative), in the latency source."""
+    selector = latency_selector(window, latency, side)
+    return f"sum by (le) (increase({latency.histogram}_bucket{{{selector}}}[{window.range}]))"
+
+
+def latency_requests(window: Window, latency: Latency, side: str = "canary") -> str:
+    """One side's requests over the window: the runtime's `qfleet_requests_total` (every outcome), or with the
+    gateway source the gateway histogram's `_count` (every status code: what reached the side's pods through
+    the gateway)."""
+    if latency.source == GATEWAY_LATENCY:
+        selector = latency_selector(window, latency, side)
+        return f"sum(increase({latency.histogram}_count{{{selector}}}[{window.range}]))"
+    return count(window, m.REQUESTS, window.canary if side == "canary" else window.stable)
 
 
 def _rate(window: Window, metric: str, revision: str) -> str:

@@ -91,7 +91,7 @@ def test_every_value_is_documented_key_first():
         path = ".".join([k for _, k in stack] + [key])
         stack.append((indent, key))
         if stripped.endswith(":") and path in ("crds", "image", "rbac", "serviceAccount", "podMonitor", "runtime",
-                                               "runtime.image"):
+                                               "runtime.image", "analysis"):
             continue  # a group: its keys are documented one by one
         if path.startswith("resources."):
             continue
@@ -293,6 +293,20 @@ def test_the_control_loop_settings_reach_the_operator(helm):
                                                                "QFLEET_API_QPS": "50", "QFLEET_API_BURST": "100"}
 
 
+@pytest.mark.parametrize("source", ["runtime", "gateway"])
+def test_the_latency_source_reaches_the_operator(helm, source):
+    args = () if source == "runtime" else ("--set", f"analysis.latencySource={source}")
+    container = kinds(render(helm, *args))["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert env["QFLEET_LATENCY_SOURCE"] == source
+
+
+def test_an_unknown_latency_source_is_refused_by_the_schema(helm):
+    result = subprocess.run([helm, "template", "qfleet", str(CHART), "--set", "analysis.latencySource=traefik"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "latencySource" in result.stderr
+
+
 def test_the_chart_and_the_operator_default_to_the_same_loop(helm):
     from qfleet.controller import LoopSettings
 
@@ -300,3 +314,4 @@ def test_the_chart_and_the_operator_default_to_the_same_loop(helm):
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     assert env["QFLEET_WORKERS"] == str(LoopSettings().workers) == "16"
     assert float(env["QFLEET_RESYNC_SECONDS"]) == LoopSettings().resync_seconds
+    assert env["QFLEET_LATENCY_SOURCE"] == LoopSettings().latency_source == "runtime"

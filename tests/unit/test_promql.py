@@ -10,7 +10,22 @@ from qfleet.api import metrics
 from qfleet.api.rollout_spec import Rollout
 from qfleet.evidence import queries
 from qfleet.gates import KV_CACHE_HIT_RATE_DROP, effective_gates
-from qfleet.promql import BATCH_LABEL, Window, bucket_counts, combine, count, default_query, render_custom, split
+from qfleet.promql import (
+    BATCH_LABEL,
+    GATEWAY_LATENCY,
+    Latency,
+    Window,
+    bucket_counts,
+    combine,
+    count,
+    default_query,
+    latency_buckets,
+    latency_requests,
+    render_custom,
+    split,
+    traefik_name,
+    traefik_service,
+)
 
 WINDOW = Window(namespace="inference", model="llama", canary="7c1f000000", stable="52aa000000", seconds=300)
 STEP = Window(namespace="inference", model="llama", canary="7c1f000000", stable="52aa000000", seconds=259200)
@@ -24,6 +39,80 @@ def test_counts_are_increases_over_the_window_by_revision_labels() -> None:
     assert bucket_counts(STEP, "qfleet_request_duration_seconds", STEP.stable).startswith(
         'sum by (le) (increase(qfleet_request_duration_seconds_bucket{namespace="inference",')
     assert "[259200s]" in bucket_counts(STEP, "qfleet_request_duration_seconds", STEP.stable)
+
+
+GATEWAY = Latency(GATEWAY_LATENCY, canary_service="llama-canary", stable_service="llama-stable")
+RUNTIME_SELECTOR = 'namespace="inference",qfleet_io_model="llama",qfleet_io_revision="{}"'
+RUNTIME_CANARY, RUNTIME_STABLE = RUNTIME_SELECTOR.format("7c1f000000"), RUNTIME_SELECTOR.format("52aa000000")
+CANARY_SERVICE = 'service=~"inference-llama-canary-http-[0-9]+@kubernetesgateway"'
+STABLE_SERVICE = 'service=~"inference-llama-stable-http-[0-9]+@kubernetesgateway"'
+
+
+@dataclass(frozen=True)
+class LatencyCase:
+    source: Latency
+    side: str
+    buckets: str
+    requests: str
+
+
+LATENCY_CASES = [
+    LatencyCase(Latency(), "canary",
+                f"sum by (le) (increase(qfleet_request_duration_seconds_bucket{{{RUNTIME_CANARY}}}[300s]))",
+                f"sum(increase(qfleet_requests_total{{{RUNTIME_CANARY}}}[300s]))"),
+    LatencyCase(Latency(), "stable",
+                f"sum by (le) (increase(qfleet_request_duration_seconds_bucket{{{RUNTIME_STABLE}}}[300s]))",
+                f"sum(increase(qfleet_requests_total{{{RUNTIME_STABLE}}}[300s]))"),
+    LatencyCase(GATEWAY, "canary",
+                f"sum by (le) (increase(traefik_service_request_duration_seconds_bucket{{{CANARY_SERVICE}}}[300s]))",
+                f"sum(increase(traefik_service_request_duration_seconds_count{{{CANARY_SERVICE}}}[300s]))"),
+    LatencyCase(GATEWAY, "stable",
+                f"sum by (le) (increase(traefik_service_request_duration_seconds_bucket{{{STABLE_SERVICE}}}[300s]))",
+                f"sum(increase(traefik_service_request_duration_seconds_count{{{STABLE_SERVICE}}}[300s]))"),
+]
+
+
+@pytest.mark.parametrize("case", LATENCY_CASES, ids=lambda c: f"{c.source.source}-{c.side}")
+def test_latency_reads_the_runtime_by_revision_or_the_gateway_by_role_service(case: LatencyCase) -> None:
+    assert latency_buckets(WINDOW, case.source, case.side) == case.buckets
+    assert latency_requests(WINDOW, case.source, case.side) == case.requests
+
+
+def test_the_runtime_source_asks_exactly_what_it_asked_before_sources_existed() -> None:
+    assert latency_buckets(WINDOW, Latency(), "stable") == bucket_counts(
+        WINDOW, "qfleet_request_duration_seconds", WINDOW.stable)
+    assert latency_requests(WINDOW, Latency()) == count(WINDOW, "qfleet_requests_total", WINDOW.canary)
+
+
+@pytest.mark.parametrize(("namespace", "service", "label"), [
+    # Traefik v3.6 pkg/provider/kubernetes/gateway/httproute.go, loadService: Normalize(ns-name-http) + "-" + port,
+    # then the provider's suffix; its own test data has "default-whoami-http-80@kubernetesgateway".
+    ("default", "whoami", "default-whoami-http-80@kubernetesgateway"),
+    ("inference", "llama-canary", "inference-llama-canary-http-8000@kubernetesgateway"),
+    ("team--a", "m-stable", "team-a-m-stable-http-8000@kubernetesgateway"),
+])
+def test_the_gateway_selector_matches_traefiks_name_for_a_backend_service(namespace, service, label) -> None:
+    import re
+
+    assert re.fullmatch(traefik_service(namespace, service), label)
+    assert not re.fullmatch(traefik_service(namespace, service), label.replace("-http-", "-grpc-"))
+    assert not re.fullmatch(traefik_service(namespace, "other"), label)
+
+
+def test_traefik_normalises_like_its_provider_does() -> None:
+    assert traefik_name("ns-a.b_c--d-http") == "ns-a-b-c-d-http"
+
+
+def test_every_gate_query_reads_the_gateway_only_for_latency_and_requests() -> None:
+    spec = Rollout.model_validate({})
+    runtime = queries(effective_gates(spec.analysis), STEP, WINDOW)
+    gateway = queries(effective_gates(spec.analysis), STEP, WINDOW, GATEWAY)
+    assert set(gateway.values) == set(runtime.values) and set(gateway.histograms) == set(runtime.histograms)
+    changed = {k for k in runtime.values if runtime.values[k] != gateway.values[k]}
+    assert changed == {"step/requests/canary"}
+    assert all("traefik_service_request_duration_seconds_bucket" in q for q in gateway.histograms.values())
+    assert CANARY_SERVICE in gateway.histograms["step/p99LatencyRatio/canary"]
+    assert STABLE_SERVICE in gateway.histograms["interval/p99LatencyRatio/stable"]
 
 
 def test_the_prefix_cache_gate_compares_both_revisions_over_the_window() -> None:

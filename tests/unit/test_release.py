@@ -76,17 +76,21 @@ class World:
     """Answers for the next analyses, in order; the last one repeats."""
     action: str | None = None
     asked: list[dict[str, str]] = field(default_factory=list)
+    asked_histograms: list[dict[str, str]] = field(default_factory=list)
+    latency_source: str = "runtime"
 
     def observed(self, measured: Measured | None = None) -> Observed:
         pool = [NodeView("b200-0", {"pool": "gpu", **gfd_labels(GPUS["B200"], 8)}, 8)]
         return Observed(name="llama", namespace="ns", uid="uid-1", generation=1, spec=self.spec,
                         status=self.status, jobs={**self.jobs, **evaluated_jobs(self.spec)}, nodes=pool, now=self.now,
-                        deployments=dict(self.deployments), route=self.route, measured=measured, action=self.action)
+                        deployments=dict(self.deployments), route=self.route, measured=measured, action=self.action,
+                        latency_source=self.latency_source)
 
     def visit(self):
         decision = decide(self.observed())
         if decision.release.measure is not None:
             self.asked.append(decision.release.measure.queries)
+            self.asked_histograms.append(decision.release.measure.histograms)
             answer = self.measurements[0] if len(self.measurements) == 1 else self.measurements.pop(0)
             decision = decide(self.observed(answer))
         changes = decision.release
@@ -462,3 +466,48 @@ def test_a_warm_up_leaves_the_steps_first_seconds_out_of_its_evidence_but_not_ou
     asked = world.asked[0]
     assert "[6s]" in asked["step/requests/canary"] and "[10s]" in asked["interval/qualityDrop/scored"]
     assert world.status["canary"]["lastAnalysis"]["since"] == "2026-11-23T12:00:05Z"
+
+
+def test_the_gateway_latency_source_reads_traefiks_histogram_of_each_role_service() -> None:
+    world = serving_stable()
+    world.latency_source = "gateway"
+    start_canary(world)
+    world.at(1).visit()
+    world.at(11).visit()
+    asked, histograms = world.asked[-1], world.asked_histograms[-1]
+    canary = 'service=~"ns-llama-canary-http-[0-9]+@kubernetesgateway"'
+    assert asked["step/requests/canary"] == (
+        f"sum(increase(traefik_service_request_duration_seconds_count{{{canary}}}[10s]))")
+    assert histograms["step/p99LatencyRatio/canary"] == (
+        f"sum by (le) (increase(traefik_service_request_duration_seconds_bucket{{{canary}}}[10s]))")
+    assert 'service=~"ns-llama-stable-http-[0-9]+@kubernetesgateway"' in histograms["step/p99LatencyRatio/stable"]
+    assert f'qfleet_io_revision="{revision(NVFP4)}"' in asked["step/fallbackRate/entries"], "other gates: the runtime"
+    assert world.status["canary"]["lastAnalysis"]["verdict"] == "Pass"
+    assert "latency source" not in next(c for c in world.status["conditions"] if c["type"] == "CanaryHealthy")[
+        "message"]
+
+
+def test_the_gateway_latency_source_falls_back_to_the_runtime_for_replica_routing_and_says_so() -> None:
+    replicas = {"replicas": {}}
+    world = serving_stable(with_rollout(SPEC, trafficRouting=replicas))
+    world.latency_source = "gateway"
+    start_canary(world, with_rollout(NVFP4, trafficRouting=replicas))
+    world.at(1).visit()
+    world.at(11).visit()
+    assert "traefik" not in str(world.asked) + str(world.asked_histograms)
+    assert f'qfleet_io_revision="{revision(NVFP4)}"' in world.asked_histograms[-1]["step/p99LatencyRatio/canary"]
+    assert world.status["canary"]["lastAnalysis"]["verdict"] == "Pass", "the fallback still judges"
+    ready = next(c for c in world.status["conditions"] if c["type"] == "Ready")["message"]
+    assert "analysis.latencySource: gateway" in ready and "spec.rollout.trafficRouting.replicas" in ready
+    world.measurements = [NO_DATA]  # e.g. a runtime that exports none of qfleet's series (TensorRT-LLM)
+    world.at(21).visit()
+    unsure = next(c for c in world.status["conditions"] if c["type"] == "CanaryHealthy")
+    assert unsure["status"] == "Unknown" and "analysis.latencySource: gateway" in unsure["message"]
+
+
+def test_an_unknown_latency_source_stops_the_operator_at_start() -> None:
+    from qfleet.controller import LoopSettings
+
+    assert LoopSettings().latency_source == "runtime"
+    with pytest.raises(ValueError, match="QFLEET_LATENCY_SOURCE"):
+        LoopSettings(latency_source="traefik")

@@ -60,3 +60,14 @@ METRIC_LABELS = ("model", "kv_format")
 """Labels every qfleet metric carries, set by the runtime."""
 POD_LABELS = {"model": "qfleet_io_model", "revision": "qfleet_io_revision", "role": "qfleet_io_role"}
 """Target labels Prometheus derives from the serving pods' labels qfleet.io/model, /revision, /role."""
+
+GATEWAY_REQUEST_DURATION = "traefik_service_request_duration_seconds"
+"""Histogram exported by the gateway (Traefik v3, `--metrics.prometheus.addServicesLabels`, on by default), not by the
+runtime: per Traefik service, from the moment Traefik hands a request to one of the service's servers (after routing)
+to the end of the proxied response, labels `service`, `code`, `method`, `protocol`. The p99 gate's input with the
+latency source `gateway` (docs/metrics.md); its buckets are Traefik's `--metrics.prometheus.buckets`."""
+GATEWAY_SERVICE_LABEL = "service"
+"""The label naming the Traefik service: for an HTTPRoute backendRef to a Kubernetes Service, Traefik's Kubernetes
+Gateway provider names it `<namespace>-<name>-http-<port>@kubernetesgateway` (qfleet.promql.traefik_service)."""
+GATEWAY_PROVIDER = "kubernetesgateway"
+"""The provider suffix Traefik gives the services of its Kubernetes Gateway provider (`...@kubernetesgateway`)."""

@@ -12,10 +12,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from qfleet import evidence
-from qfleet.api.rollout_spec import Analysis
+from qfleet.api.rollout_spec import Analysis, GatewayAPIRouting
 from qfleet.api.status import AnalysisRun, GateResult
 from qfleet.gates import INTERVAL_WINDOW, STEP_WINDOW, GateBound, GateVerdict, IntervalVerdict, judge_analysis, text
-from qfleet.promql import Window
+from qfleet.manifests.serving import CANARY, STABLE, service_name
+from qfleet.promql import GATEWAY_LATENCY, RUNTIME_LATENCY, Latency, Window
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,29 @@ class Revisions:
     stable: str
 
 
+@dataclass(frozen=True)
+class LatencyChoice:
+    latency: Latency
+    note: str = ""
+    """Why the configured source was not used ('' when it was): appended to the analysis's message."""
+
+
+def latency_choice(configured: str, gateway: GatewayAPIRouting | None, model: str) -> LatencyChoice:
+    """The latency source the operator is configured for (QFLEET_LATENCY_SOURCE, the chart's
+    analysis.latencySource), as this model can use it. The gateway source reads the gateway's histogram of the
+    model's canary and stable Services, which only an HTTPRoute's weights keep apart: a model that splits traffic by
+    replicas (its stable Service selects every revision's pods) reads the runtime's histogram instead, and says so."""
+    if configured != GATEWAY_LATENCY:
+        return LatencyChoice(Latency(RUNTIME_LATENCY))
+    if gateway is None:
+        return LatencyChoice(Latency(RUNTIME_LATENCY), (
+            "latency source: the operator is set to read the gateway's latency (analysis.latencySource: gateway), but "
+            "this model splits traffic by replicas (spec.rollout.trafficRouting.replicas), which no gateway histogram "
+            "tells apart: p99LatencyRatio and the request count read the runtime's qfleet_request_duration_seconds "
+            "and qfleet_requests_total"))
+    return LatencyChoice(Latency(GATEWAY_LATENCY, service_name(model, CANARY), service_name(model, STABLE)))
+
+
 def evidence_since(analysis: Analysis, step_started_at: datetime) -> datetime:
     """Where the step window starts: the step's start, after its warm-up (new weight, perhaps new replicas: cold
     caches and lazy set-up are not the revision's steady latency)."""
@@ -50,26 +74,30 @@ def evidence_since(analysis: Analysis, step_started_at: datetime) -> datetime:
 
 
 def measure_request(analysis: Analysis, bounds: list[GateBound], revisions: Revisions, step_started_at: datetime,
-                    interval: timedelta, now: datetime) -> MeasureRequest:
+                    interval: timedelta, now: datetime, latency: Latency = Latency()) -> MeasureRequest:
     """The step window (since the step started, after its warm-up) for Pass and Fail, the last interval for the
-    abort signals (warm-up included: a broken canary aborts at once)."""
+    abort signals (warm-up included: a broken canary aborts at once); latency in the source given."""
     since = evidence_since(analysis, step_started_at)
     windows = [Window(revisions.namespace, revisions.model, revisions.canary, revisions.stable, seconds)
                for seconds in (evidence.step_seconds(since, now), max(1, int(interval.total_seconds())))]
-    asked = evidence.queries(bounds, *windows)
+    asked = evidence.queries(bounds, *windows, latency=latency)
     return MeasureRequest(str(analysis.prometheus.address), asked.values, asked.histograms)
 
 
-def judge(analysis: Analysis, bounds: list[GateBound], measured: Measured) -> IntervalVerdict:
+def judge(analysis: Analysis, bounds: list[GateBound], measured: Measured, note: str = "") -> IntervalVerdict:
     confidence = analysis.confidence
     verdict = judge_analysis(
         bounds, evidence.estimates(bounds, STEP_WINDOW, measured.values, measured.histograms, confidence),
         evidence.estimates(bounds, INTERVAL_WINDOW, measured.values, measured.histograms, confidence),
         evidence.requests(measured.values), analysis.min_requests)
+    message = verdict.message
     if measured.errors:
         errors = "; ".join(f"{k}: {v}" for k, v in sorted(measured.errors.items()))[:400]
-        verdict = IntervalVerdict(verdict.verdict, verdict.gates, verdict.requests,
-                                  f"{verdict.message} (Prometheus: {errors})")
+        message = f"{message} (Prometheus: {errors})"
+    if note:
+        message = f"{message} ({note})"
+    if message != verdict.message:
+        verdict = IntervalVerdict(verdict.verdict, verdict.gates, verdict.requests, message)
     return verdict
 
 

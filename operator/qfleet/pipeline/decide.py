@@ -63,7 +63,8 @@ def decide(observed: Observed) -> Decision:
         name=observed.name, namespace=observed.namespace, uid=observed.uid, spec=spec, revision=revision,
         servable=visit.servable, deployments=observed.deployments, route=observed.route, measured=observed.measured,
         action=observed.action, now=observed.now,
-        results=lambda of: records.results_of(of, status, old)), status, conditions.set)
+        results=lambda of: records.results_of(of, status, old), latency_source=observed.latency_source),
+        status, conditions.set)
     decision = _finish(old, status, conditions, visit.create)
     decision.events = [*visit.events, *decision.events, *(Event(*event) for event in changes.events)]
     decision.release = changes

@@ -30,6 +30,7 @@ from qfleet.pipeline.analysis import (
     deciding_gate_text,
     evidence_since,
     judge,
+    latency_choice,
     measure_request,
 )
 from qfleet.pipeline.release_types import SCALE_DOWN_DELAY, ReleaseChanges, ReleaseInput, SetCondition
@@ -178,6 +179,8 @@ class _Release(ServingChildren, RolloutActions):
             weight = rollout.replica_ratio_weight(replicas, stable_replicas)
             granularity = (f"; no router: {replicas} canary and {stable_replicas} stable replicas give the canary "
                            f"about {weight}% of the traffic (step asks {decision.weight}%)")
+            note = latency_choice(given.latency_source, self.gateway, given.name).note
+            granularity += f"; {note}" if note else ""
         self._route(decision.weight)
         previous = self.status.canary
         last = self._analysis_run(verdict) if verdict else (previous.last_analysis if previous else None)
@@ -271,13 +274,14 @@ class _Release(ServingChildren, RolloutActions):
             return None
         step = rollout.current_step(self.spec.rollout, state)
         bounds = effective_gates(analysis, step)
+        latency = latency_choice(given.latency_source, self.gateway, given.name)
         if given.measured is None:
             revisions = Revisions(given.namespace, given.name, given.revision, self.revisions.stable or "")
             self.changes.measure = measure_request(analysis, bounds, revisions, state.step_started_at,
-                                                   effective_interval(analysis, step), given.now)
+                                                   effective_interval(analysis, step), given.now, latency.latency)
             return None
         self.judged_since = evidence_since(analysis, state.step_started_at)
-        verdict = judge(analysis, bounds, given.measured)
+        verdict = judge(analysis, bounds, given.measured, latency.note)
         self._record_verdict(verdict)
         return verdict
 

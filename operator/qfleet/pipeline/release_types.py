@@ -13,6 +13,7 @@ from typing import Any
 
 from qfleet.api.spec import QuantizedModelSpec
 from qfleet.pipeline.analysis import Measured, MeasureRequest
+from qfleet.promql import RUNTIME_LATENCY
 from qfleet.pipeline.records import StepResults
 
 SCALE_DOWN_DELAY = timedelta(seconds=30)
@@ -70,6 +71,9 @@ class ReleaseInput:
     now: datetime
     results: Callable[[str], StepResults] = lambda _: StepResults()
     """A revision's recorded step results (qfleet.pipeline.records.results_of), kept in its history entry."""
+    latency_source: str = RUNTIME_LATENCY
+    """The operator's latency source (qfleet.promql.LATENCY_SOURCES; QFLEET_LATENCY_SOURCE, the chart's
+    analysis.latencySource): where the p99 gate and the request count read (qfleet.pipeline.analysis.latency_choice)."""
 
 
 SetCondition = Any

@@ -15,6 +15,7 @@ from qfleet.pipeline.admission import NodeView
 from qfleet.pipeline.analysis import Measured, MeasureRequest
 from qfleet.pipeline.records import JobView
 from qfleet.pipeline.release_types import DeploymentView, ReleaseChanges, Servable
+from qfleet.promql import RUNTIME_LATENCY
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class Observed:
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
     """The operator's runtime image (QFLEET_RUNTIME_IMAGE, the chart's runtime.image): the default of
     spec.runtime.image, and through it of spec.serving.image."""
+    latency_source: str = RUNTIME_LATENCY
+    """The operator's latency source (QFLEET_LATENCY_SOURCE, the chart's analysis.latencySource)."""
 
 
 @dataclass(frozen=True)
