@@ -3,19 +3,25 @@ the executor node, real traffic through the Traefik gateway by the HTTPRoute's w
 fleet's real Prometheus. Slow (a real evaluation per revision on 2 CPU cores), so one module-scoped stable revision
 serves both stories: a healthy canary holds on Inconclusive with its counts until its step has the evidence, then is
 promoted through three steps, holding its weight while Prometheus is stopped in the middle; a canary with injected
-latency is aborted within one analysis interval, the stable revision untouched. Every verdict rests on the sample
+latency, judged by an operator that reads the gateway's own latency histogram (Traefik's, `QFLEET_LATENCY_SOURCE=
+gateway`), is aborted within one analysis interval, the stable revision untouched. Every verdict rests on the sample
 sizes and confidence bounds it records."""
 from __future__ import annotations
 
 import json
+import urllib.parse
+import urllib.request
 from datetime import datetime
 
 import pytest
 from kubernetes import client as k8s
 
 from localfleet import loadgen, nodes
+from localfleet.operator_process import OperatorProcess
 from localfleet.processes import wait_until
 from qfleet.api import GROUP, PLURAL, VERSION
+from qfleet.api import metrics as m
+from qfleet.promql import traefik_service
 from test_canary import GATEWAY, weights
 from test_pipeline import condition, create, objects, read, wait_for_condition  # noqa: F401
 
@@ -174,9 +180,34 @@ def test_a_healthy_canary_is_promoted_through_three_steps_under_real_traffic(
     assert operator_process.metric("qfleet_operator_promotions_total") >= 1
 
 
+@pytest.fixture
+def gateway_operator(operator_process, fleet, tmp_path):
+    """The operator as a chart with `analysis.latencySource: gateway` runs it (the p99 gate reads Traefik's
+    per-backend histogram), in place of the session's, which is paused meanwhile."""
+    operator_process.stop()
+    own = OperatorProcess(fleet.kubeconfig, tmp_path / "gateway-operator.log", env={"QFLEET_LATENCY_SOURCE": "gateway"})
+    own.start()
+    yield own
+    own.stop()
+    operator_process.start()
+
+
+def _gateway_requests(fleet, namespace: str, service: str) -> float:
+    """Requests Traefik timed for the Kubernetes Service, as the fleet's Prometheus has scraped them, selected the
+    way the gateway latency source selects them."""
+    query = f'sum({m.GATEWAY_REQUEST_DURATION}_count{{service=~"{traefik_service(namespace, service)}"}})'
+    url = f"{fleet.prometheus_url()}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (loopback)
+        result = json.load(response)["data"]["result"]
+    return float(result[0]["value"][1]) if result else 0.0
+
+
 @pytest.mark.timeout(1500)
 def test_a_canary_with_injected_latency_is_rolled_back_and_the_stable_serves_on(
-        api, objects, namespace, fleet, serving_smollm, operator_process):
+        api, objects, namespace, fleet, gateway_operator, serving_smollm):
+    """Judged on the gateway's latency (`QFLEET_LATENCY_SOURCE=gateway`): Traefik times the slow canary's requests,
+    network and queue included, in the same 5% buckets as the runtime; the healthy canary above reads the runtime's."""
+    operator_process = gateway_operator
     stable, url = serving_smollm
     apps = k8s.AppsV1Api(api)
     new_revision(objects, namespace, [{"name": "QFLEET_FAULT_LATENCY_SECONDS", "value": "8"}], stable,
@@ -201,6 +232,9 @@ def test_a_canary_with_injected_latency_is_rolled_back_and_the_stable_serves_on(
     assert apps.read_namespaced_deployment(f"smollm-{entry['revision']}", namespace).spec.replicas == 0
     assert apps.read_namespaced_deployment(f"smollm-{stable}", namespace).status.ready_replicas == 1
     assert traffic.failures() == 0, traffic.failed_reports()
+    # The gate's selectors match what Traefik really exports for the route's two Services.
+    assert _gateway_requests(fleet, namespace, "smollm-canary") >= 1
+    assert _gateway_requests(fleet, namespace, "smollm-stable") >= deciding["stableSamples"]
 
 
 @pytest.mark.timeout(2400)
