@@ -3,14 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 from localfleet import fleet, gateway
 from localfleet import prometheus as prom_config
+from qfleet_runtime import serving_metrics  # installed with the operator's package (pyproject: runtime_image)
 
 
 def test_traefik_exports_prometheus_metrics_on_its_own_entry_point_with_the_runtimes_buckets() -> None:
-    serving_metrics = pytest.importorskip("qfleet_runtime.serving_metrics")
     argv = gateway.traefik_argv(8080, 8081, Path("/tmp/traefik.log"), metrics_port=9100)
     assert {"--entryPoints.metrics.address=127.0.0.1:9100", "--metrics.prometheus=true",
             "--metrics.prometheus.entryPoint=metrics", "--metrics.prometheus.addServicesLabels=true"} <= set(argv)
