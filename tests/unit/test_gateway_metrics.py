@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from localfleet import fleet, gateway
 from localfleet import prometheus as prom_config
 from qfleet_runtime import serving_metrics  # installed with the operator's package (pyproject: runtime_image)
