@@ -66,7 +66,7 @@ test-recalibration: venv binaries runtime-env
 # variant (the control-plane faults and the kill -9 under gateway traffic, about 20 minutes of real pipelines, run
 # here only). QFLEET_CHAOS_SEED=<n> replays a run (the seed is printed).
 CHAOS_TESTS := tests/integration/test_spec_fuzz.py tests/integration/test_ha.py tests/integration/test_chaos_kill.py \
-	tests/integration/test_chaos_faults.py tests/integration/test_chaos_kill_traffic.py
+	tests/integration/test_chaos_kill_traffic.py tests/integration/test_chaos_faults.py
 chaos: venv binaries runtime-env
 	QFLEET_CHAOS=full $(PY) -m pytest -s $(CHAOS_TESTS) $(PYTEST_ARGS)
 
