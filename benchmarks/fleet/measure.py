@@ -19,7 +19,8 @@ class Phase:
     cpu_s: float
     peak_rss_mib: float
     operator: dict = field(default_factory=dict)
-    """qfleet's own figures over the phase: visits, visits per second, visit duration p50/p99, wake-up lag p99."""
+    """qfleet's own figures over the phase: visits, visits per second, visit duration p50/p99, wake-up lag p99 (all,
+    scheduled, event)."""
 
     def row(self) -> dict:
         return {"wall_s": round(self.wall_s, 1), **audit.totals(self.requests), "cpu_s": round(self.cpu_s, 1),
@@ -64,19 +65,21 @@ def _sum(samples: dict, name: str, **labels) -> float:
     return sum(v for (n, found), v in samples.items() if n == name and all((k, w) in found for k, w in labels.items()))
 
 
-def _buckets(samples: dict, name: str) -> list[tuple[float, float]]:
+def _buckets(samples: dict, name: str, **only) -> list[tuple[float, float]]:
+    """The cumulative buckets of histogram `name`, summed over the series whose labels include `only`."""
     found = {}
     for (n, labels), value in samples.items():
-        if n == f"{name}_bucket":
+        if n == f"{name}_bucket" and all((k, v) in labels for k, v in only.items()):
             le = dict(labels)["le"]
             found[float(le)] = found.get(float(le), 0.0) + value
     return sorted(found.items())
 
 
-def quantile(before: dict, after: dict, name: str, q: float) -> float | None:
-    """The upper bound of the bucket holding the q-quantile of the observations between two scrapes."""
-    earlier = dict(_buckets(before, name))
-    deltas = [(le, count - earlier.get(le, 0.0)) for le, count in _buckets(after, name)]
+def quantile(before: dict, after: dict, name: str, q: float, **only) -> float | None:
+    """The upper bound of the bucket holding the q-quantile of the observations between two scrapes (of the series
+    labelled `only`, or all)."""
+    earlier = dict(_buckets(before, name, **only))
+    deltas = [(le, count - earlier.get(le, 0.0)) for le, count in _buckets(after, name, **only)]
     total = deltas[-1][1] if deltas else 0.0
     if total <= 0:
         return None
@@ -91,4 +94,8 @@ def operator_figures(before: dict, after: dict, wall_s: float) -> dict:
             "visits_unchanged": int(unchanged),
             "visit_p50_s": quantile(before, after, "qfleet_operator_reconcile_duration_seconds", 0.5),
             "visit_p99_s": quantile(before, after, "qfleet_operator_reconcile_duration_seconds", 0.99),
-            "wakeup_lag_p99_s": quantile(before, after, "qfleet_operator_wakeup_lag_seconds", 0.99)}
+            "wakeup_lag_p99_s": quantile(before, after, "qfleet_operator_wakeup_lag_seconds", 0.99),
+            "wakeup_lag_scheduled_p99_s": quantile(before, after, "qfleet_operator_wakeup_lag_seconds", 0.99,
+                                                   cause="scheduled"),
+            "wakeup_lag_event_p99_s": quantile(before, after, "qfleet_operator_wakeup_lag_seconds", 0.99,
+                                               cause="event")}

@@ -8,7 +8,9 @@ ROWS = (("wall_s", "wall time (s)"), ("requests", "API requests"), ("reads", "  
         ("cpu_share", "  share of one core"), ("peak_rss_mib", "controller peak RSS (MiB)"))
 QFLEET_ROWS = (("visits", "visits"), ("visits_per_s", "visits per second"), ("visits_unchanged", "visits that wrote nothing"),
                ("visit_p50_s", "visit duration p50 (s, bucket bound)"), ("visit_p99_s", "visit duration p99 (s, bucket bound)"),
-               ("wakeup_lag_p99_s", "wake-up lag p99 (s, bucket bound)"))
+               ("wakeup_lag_p99_s", "wake-up lag p99 (s, bucket bound)"),
+               ("wakeup_lag_scheduled_p99_s", "  of scheduled wake-ups (a due time came)"),
+               ("wakeup_lag_event_p99_s", "  of event wake-ups (woken at once)"))
 
 
 def ratio(ours, theirs) -> str:

@@ -138,7 +138,13 @@ class PodLifecycle:
             run.stopping_since = time.monotonic()
             for state in run.containers.values():
                 if state.shim_pid and state.exit is None:
-                    self._signal(state.shim_pid, signal.SIGTERM)
+                    # To the shim alone, which passes it to the container's main process, as a container runtime
+                    # signals PID 1: a server that drains before stopping its children (qfleet-runtime serve)
+                    # must not have them stopped under it by a signal to the whole group.
+                    try:
+                        os.kill(state.shim_pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
         alive = [s for s in run.containers.values() if s.shim_pid and is_ours(s.shim_pid, run.uid)]
         if alive and time.monotonic() - run.stopping_since < grace:
             return False

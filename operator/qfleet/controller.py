@@ -87,8 +87,8 @@ class Controller:
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            key, lag = await self.queue.get()
-            telemetry.WAKEUP_LAG.observe(lag)
+            key, lag, cause = await self.queue.get()
+            telemetry.WAKEUP_LAG.labels(cause).observe(lag)
             telemetry.QUEUE_DEPTH.set(len(self.queue))
             due: datetime.datetime | None
             try:

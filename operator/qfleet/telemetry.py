@@ -42,8 +42,10 @@ SCHEDULED_WAKEUPS = Gauge(
     "qfleet_operator_scheduled_wakeups", "Models with a visit scheduled for later (a canary's next analysis, a "
     "scale-down delay).", registry=REGISTRY)
 WAKEUP_LAG = Histogram(
-    "qfleet_operator_wakeup_lag_seconds", "From the moment a model was due (woken by an event, or its scheduled time) "
-    "to the start of its visit.", buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60), registry=REGISTRY)
+    "qfleet_operator_wakeup_lag_seconds", "From the moment a model was due to the start of its visit, by cause: "
+    "scheduled (a due time a visit asked for came: a canary's next analysis, a pause's end, a retry) or event (woken "
+    "at once by its watch event or a child's).", ["cause"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60), registry=REGISTRY)
 API_ERRORS = Counter(
     "qfleet_operator_api_errors_total", "Failed calls to the Kubernetes API or Prometheus, by operation and HTTP "
     "status (\"none\" when no response came).", ["operation", "status"], registry=REGISTRY)

@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", required=True, type=int)
     serve.add_argument("--address", default="0.0.0.0", help="address to listen on (default: all, the pod's)")
     serve.add_argument("--exit-timeout-secs", type=int, default=20, help="Triton's shutdown grace on SIGTERM")
+    serve.add_argument("--drain-seconds", type=float, default=5.0,
+                       help="on SIGTERM, seconds to keep serving while not ready (the gateway sees the endpoint go) "
+                            "before Triton stops; 0: stop at once")
     serve.add_argument("--log-verbose", type=int, default=0)
     serve.add_argument("--cpu", action="store_true", help="run the qfleet Python backend even where the build "
                        "targeted TensorRT-LLM")

@@ -7,6 +7,9 @@ as a request parameter (`--http-header-forward-pattern`), and the model times th
 (`triton_model.request_start`). What a user waits for beyond the pod (the network, the gateway) is in the gateway's
 own histogram (docs/metrics.md, "Latency"). Requests over gRPC reach Triton directly and are timed from the start of
 the `execute` call that holds them.
+
+While the pod drains (`Front.drain()`, on SIGTERM), /v2/health/ready answers 503 and every other request is still
+served: the gateway stops sending new ones once it sees the endpoint go, and the ones it sent before that succeed.
 """
 
 from __future__ import annotations
@@ -21,7 +24,13 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
               "transfer-encoding", "upgrade", "content-length"}
 
 
-def handler_for(upstream_port: int, timeout: float = 600.0) -> type[BaseHTTPRequestHandler]:
+READY_PATH = "/v2/health/ready"
+
+
+def handler_for(upstream_port: int, timeout: float = 600.0,
+                draining: threading.Event | None = None) -> type[BaseHTTPRequestHandler]:
+    draining = draining or threading.Event()
+
     class Forward(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -32,6 +41,11 @@ def handler_for(upstream_port: int, timeout: float = 600.0) -> type[BaseHTTPRequ
             arrival = time.time_ns()
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
+            if draining.is_set() and self.path.split("?")[0] == READY_PATH:
+                self.send_response(503, "Draining")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
             headers[ARRIVAL_HEADER] = str(arrival)
             upstream = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=timeout)
@@ -62,13 +76,18 @@ class Front:
     """The front on (address, port) forwarding to Triton's HTTP on 127.0.0.1:upstream_port, in a daemon thread."""
 
     def __init__(self, address: str, port: int, upstream_port: int) -> None:
-        self.server = ThreadingHTTPServer((address, port), handler_for(upstream_port))
+        self.draining = threading.Event()
+        self.server = ThreadingHTTPServer((address, port), handler_for(upstream_port, draining=self.draining))
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="qfleet-front", daemon=True)
 
     def start(self) -> Front:
         self.thread.start()
         return self
+
+    def drain(self) -> None:
+        """Not ready from now on; requests are still served."""
+        self.draining.set()
 
     def stop(self) -> None:
         self.server.shutdown()

@@ -16,8 +16,11 @@ directory (under $TMPDIR; the artifact volume is mounted read-only in a pod):
 Triton listens on --address (default 0.0.0.0, the pod's address) with --grpc-port and --metrics-port; on the CPU
 path its HTTP endpoint is on 127.0.0.1 (a free port) behind `front.Front` on --http-port, which stamps each request's
 arrival (`qfleet-arrival-ns`, forwarded to the model as a request parameter) so that latency counts Triton's queue;
-/v2/health/ready (through the front) turns true once the model is loaded. SIGTERM and SIGINT are passed on to Triton,
-which stops within --exit-timeout-secs; the working directory is removed and Triton's exit code returned.
+/v2/health/ready (through the front) turns true once the model is loaded. On SIGTERM (the pod deleted: a revision
+scaled down, a promotion) the pod drains for --drain-seconds first: not ready, still serving, so the requests the
+gateway routes to it before it sees the endpoint go are answered rather than refused; then Triton gets the SIGTERM and
+stops within --exit-timeout-secs (drain and exit timeout together stay within the pod's 30 s grace period). SIGINT is
+passed on at once. The working directory is removed and Triton's exit code returned.
 
 GPU path (target tensorrt-llm in the manifest; **not verified here**): `tritonserver` from PATH (the
 `nvcr.io/nvidia/tritonserver:<yy.mm>-trtllm-python-py3` image) with `<engine>/trtllm/model_repository`.
@@ -36,6 +39,8 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +163,33 @@ def _die_with_parent() -> None:
         pass
 
 
+class SignalRelay:
+    """Passes the pod's signals on to Triton: SIGINT at once, SIGTERM after `drain_seconds` of draining (the front
+    says not ready meanwhile and keeps serving)."""
+
+    def __init__(self, child: subprocess.Popen, drain_seconds: float, drain: Callable[[], None] | None) -> None:
+        self.child, self.drain_seconds, self.drain = child, drain_seconds, drain
+        self.timer: threading.Timer | None = None
+
+    def handle(self, signum: int, _frame: Any = None) -> None:
+        if signum != signal.SIGTERM or self.drain_seconds <= 0:
+            self._send(signum)
+            return
+        if self.timer is not None:
+            return  # already draining: the SIGTERM comes when the drain ends
+        if self.drain is not None:
+            self.drain()
+        print(f"qfleet-runtime serve: SIGTERM: draining {self.drain_seconds:g} s before Triton stops",
+              file=sys.stderr, flush=True)
+        self.timer = threading.Timer(self.drain_seconds, self._send, (signal.SIGTERM,))
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _send(self, signum: int) -> None:
+        if self.child.poll() is None:
+            self.child.send_signal(signum)
+
+
 def run(args: argparse.Namespace) -> int:
     engine = Path(args.artifacts) / ENGINE_DIR
     manifest_path = engine / MANIFEST
@@ -188,12 +220,8 @@ def run(args: argparse.Namespace) -> int:
             front = Front(args.address, args.http_port, internal).start()
         print(f"qfleet-runtime serve: {' '.join(cmd)}", file=sys.stderr, flush=True)
         child = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509 - only prctl
-
-        def forward(signum: int, _frame: Any) -> None:
-            if child.poll() is None:
-                child.send_signal(signum)
-
-        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+        relay = SignalRelay(child, args.drain_seconds, front.drain if front is not None else None)
+        previous = {sig: signal.signal(sig, relay.handle) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             code = child.wait()
         finally:

@@ -1,8 +1,8 @@
 """`qfleet-runtime serve` for real: the wheel's tritonserver with the small model, KV stored in FP8, NVFP4 and BF16.
 
 Each server is a `python -m qfleet_runtime serve` process on free loopback ports, waited for on /v2/health/ready
-(with a deadline, failing fast if it exits) and stopped with SIGTERM in its fixture, which also checks that it exited
-cleanly. One server per format and class; the fault-switch and BF16 servers live only inside their test.
+(with a deadline, failing fast if it exits) and stopped with SIGTERM in its fixture (after its drain), which also
+checks that it exited cleanly. One server per format and class; the fault-switch and BF16 servers live only inside their test.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from .conftest import SMOLLM, SOURCE_ROOTS, common, run_cli  # noqa: E402
 MODEL = "qfleet"
 READY_DEADLINE = 180.0
 STOP_DEADLINE = 60.0
+DRAIN_SECONDS = 5.0
+"""serve's --drain-seconds default: after SIGTERM, not ready but serving, before Triton stops."""
 PREFIX_BUDGET = 2 << 20
 """2 MiB: 5 BF16 blocks of 16 tokens (368,640 B each), about 20 NVFP4 blocks (103,680 B each)."""
 
@@ -349,6 +351,31 @@ class TestFp8:
         # Timed from execute, B would miss the rest of A (a second or more on CPU); the front and the client's own
         # overhead are a few milliseconds.
         assert client - 0.25 <= total <= client + 0.05, (total, seen)
+
+    def test_last_sigterm_drains_not_ready_but_still_serving_then_stops_cleanly(self, server: Server) -> None:
+        """The class's last test (it ends the server): a pod being deleted keeps answering the requests the gateway
+        still routes to it (a 502 at promotion otherwise) while its readiness says it is going."""
+        server.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        deadline = signalled + DRAIN_SECONDS
+        status = None
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=2) as response:
+                    status = response.status
+            except urllib.error.HTTPError as error:
+                status = error.code
+            if status == 503:
+                break
+            time.sleep(0.05)  # polling interval of a readiness probe, not a wait for a result
+        assert status == 503, f"still ready after SIGTERM:\n{server.tail()}"
+        text, generated = server.generate("The capital of France is", 2)
+        assert text.strip() and generated >= 1
+        assert time.monotonic() - signalled < DRAIN_SECONDS, "the request was not served within the drain"
+        server.process.wait(timeout=STOP_DEADLINE)
+        assert server.process.returncode == 0, server.tail()
+        assert time.monotonic() - signalled >= DRAIN_SECONDS
+        assert "draining 5 s before Triton stops" in server.tail()
 
 
 # -- NVFP4 (and BF16 on the same prefix-cache budget) -----------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The pure parts of `make bench`: attribution of audit events, the synthetic serving series that both controllers'
-gates read, the Argo Rollouts template's bounds against qfleet's defaults, and the ratio table."""
+gates read, the Argo Rollouts template's bounds against qfleet's defaults, the operator's histograms read between two
+scrapes, and the ratio table."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from benchmarks.fleet import audit, report, synthetic, workload
+from benchmarks.fleet import audit, measure, report, synthetic, workload
 from qfleet.api import metrics as m
 from qfleet.api.rollout_spec import Analysis
 from qfleet.gates import effective_gates
@@ -112,3 +113,22 @@ def test_both_workloads_have_the_same_steps_replicas_and_gpus():
 @pytest.mark.parametrize("ours, theirs, expected", [(10, 20, "0.50x"), (0, 0, "-"), (3, 0, "inf"), (None, 1, "-")])
 def test_ratio(ours, theirs, expected):
     assert report.ratio(ours, theirs) == expected
+
+
+def _lag(cause: str, counts: dict[float, float]) -> dict:
+    name = "qfleet_operator_wakeup_lag_seconds_bucket"
+    return {(name, tuple(sorted({"cause": cause, "le": str(le)}.items()))): n for le, n in counts.items()}
+
+
+def test_a_histograms_quantile_between_two_scrapes_is_read_per_label_or_over_all():
+    inf = float("inf")
+    before = {**_lag("scheduled", {1.0: 10, 2.0: 10, 60.0: 10, inf: 10}),
+              **_lag("event", {1.0: 0, 2.0: 0, 60.0: 0, inf: 0})}
+    # between the scrapes: 100 scheduled wake-ups within 1 s; 100 events, 50 of them beyond 2 s
+    after = {**_lag("scheduled", {1.0: 110, 2.0: 110, 60.0: 110, inf: 110}),
+             **_lag("event", {1.0: 10, 2.0: 50, 60.0: 100, inf: 100})}
+    name = "qfleet_operator_wakeup_lag_seconds"
+    assert measure.quantile(before, after, name, 0.99, cause="scheduled") == 1.0
+    assert measure.quantile(before, after, name, 0.99, cause="event") == 60.0
+    assert measure.quantile(before, after, name, 0.5) == 1.0  # 110 of 200 within 1 s
+    assert measure.quantile(before, after, name, 0.99, cause="retry") is None

@@ -18,8 +18,8 @@ def test_a_waiting_key_is_handed_out_once_however_often_it_is_added() -> None:
             queue.add("a")
         queue.add("b")
         assert len(queue) == 2
-        first, _ = await queue.get()
-        second, _ = await queue.get()
+        first, _, _ = await queue.get()
+        second, _, _ = await queue.get()
         return first, second, len(queue)
 
     assert run(scenario()) == ("a", "b", 0)
@@ -29,12 +29,12 @@ def test_wakeups_during_a_visit_coalesce_into_one_more_visit_after_it() -> None:
     async def scenario():
         queue = WorkQueue()
         queue.add("a")
-        key, _ = await queue.get()
+        key, _, _ = await queue.get()
         for _ in range(3):
             queue.add("a")  # the model's event, a child's event, a person's action: all during the visit
         assert len(queue) == 0  # not handed to a second worker while the first visits it
         queue.done(key)
-        again, _ = await queue.get()
+        again, _, _ = await queue.get()
         queue.done(again)
         return again, len(queue)
 
@@ -50,11 +50,11 @@ def test_a_scheduled_wakeup_comes_when_due_and_the_earliest_wins() -> None:
         queue.add("a", start + 0.2)
         queue.add("a", start + 0.4)  # later than the one kept: ignored
         assert queue.scheduled == 1 and len(queue) == 0
-        key, lag = await queue.get()
-        return key, clock() - start, lag, queue.scheduled
+        key, lag, cause = await queue.get()
+        return key, clock() - start, lag, cause, queue.scheduled
 
-    key, waited, lag, scheduled = run(scenario())
-    assert key == "a" and 0.2 <= waited < 0.5 and lag < 0.2 and scheduled == 0
+    key, waited, lag, cause, scheduled = run(scenario())
+    assert key == "a" and 0.2 <= waited < 0.5 and lag < 0.2 and cause == "scheduled" and scheduled == 0
 
 
 def test_an_event_before_the_due_time_visits_now_and_drops_the_scheduled_wakeup() -> None:
@@ -63,11 +63,11 @@ def test_an_event_before_the_due_time_visits_now_and_drops_the_scheduled_wakeup(
         queue = WorkQueue(clock=clock)
         queue.add("a", clock() + 60)
         queue.add("a")
-        key, _ = await queue.get()
+        key, _, cause = await queue.get()
         queue.done(key)
-        return key, queue.scheduled, len(queue)
+        return key, cause, queue.scheduled, len(queue)
 
-    assert run(scenario()) == ("a", 0, 0)
+    assert run(scenario()) == ("a", "event", 0, 0)
 
 
 def test_workers_share_keys_but_never_one_key() -> None:
@@ -78,7 +78,7 @@ def test_workers_share_keys_but_never_one_key() -> None:
 
         async def worker():
             while True:
-                key, _ = await queue.get()
+                key, _, _ = await queue.get()
                 if key in visiting:
                     overlaps.append(key)
                 visiting.add(key)
@@ -99,3 +99,33 @@ def test_workers_share_keys_but_never_one_key() -> None:
 
     overlaps, visits = run(scenario())
     assert overlaps == [] and set(visits) == {"a", "b", "c"} and len(visits) < 60
+
+
+def test_a_wakeup_during_a_visit_keeps_the_earliest_moment_and_its_cause() -> None:
+    """Lag is measured from the earliest of the coalesced wake-ups, and named by it: a canary's analysis that came due
+    during a visit and an event after it make one visit, late since the due time."""
+    async def scenario():
+        now = [100.0]
+        queue = WorkQueue(clock=lambda: now[0])
+        queue.add("a")
+        key, _, _ = await queue.get()
+        queue.add("a", 99.0)  # a due time already passed, met while the visit runs
+        now[0] = 101.0
+        queue.add("a")  # then an event
+        now[0] = 102.0
+        queue.done(key)
+        again = await queue.get()
+        return again.key, again.lag, again.cause
+
+    assert run(scenario()) == ("a", 3.0, "scheduled")
+
+
+def test_an_immediate_add_is_an_event_and_lags_from_when_it_was_added() -> None:
+    async def scenario():
+        now = [10.0]
+        queue = WorkQueue(clock=lambda: now[0])
+        queue.add("a")
+        now[0] = 12.5
+        return await queue.get()
+
+    assert tuple(run(scenario())) == ("a", 2.5, "event")
