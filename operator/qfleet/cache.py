@@ -1,6 +1,7 @@
 """Watch-fed views of what visits read: no GET on a visit. Kopf's event handlers feed every change of the operator's
-objects here (`apply`), and each change names the model it concerns, which is then woken; a visit reads a
-`Snapshot` of its own model.
+objects here (`apply`), and each change names the model it concerns, which is then woken if what its decisions read
+changed (`take_changed`): a pod's IP, a Job's active count, a Deployment's observedGeneration, or the watch's echo of
+the operator's own write wake nobody. A visit reads a `Snapshot` of its own model.
 
 What is kept is only what a decision reads: a Job's conditions and uid, the termination state of its pods, a serving
 Deployment's replica counts, a role Service's selector, the user's HTTPRoute, and each Node as its admission view,
@@ -65,10 +66,13 @@ class FleetCache:
     """(kind, namespace, name) -> the newest resourceVersion seen of a child this operator also writes."""
     _nodes_changed: set[str] = field(default_factory=set)
     """Nodes whose view changed since their event handler last asked (`node_changed`)."""
+    _changed: set[ModelKey] = field(default_factory=set)
+    """Models whose own view or a child's changed since their event handler last asked (`take_changed`)."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- feeding ------------------------------------------------------------------------------------------------
-    def apply_model(self, event: str | None, body: Mapping[str, Any]) -> ModelKey:
+    def apply_model(self, event: str | None, body: Mapping[str, Any], written: bool = False) -> ModelKey:
+        """`written`: the answer to this operator's own write (read your own write), which wakes nobody."""
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         with self._lock:
@@ -82,7 +86,8 @@ class FleetCache:
                     .get("httpRoute")
                 waits = any(c.get("type") == "Ready" and c.get("reason") == "NoCompatibleNodePool"
                             for c in (body.get("status") or {}).get("conditions") or [])
-                self.models[key] = _Model(_model_body(body), route, waits)
+                model = _Model(_model_body(body), route, waits)
+                self._store(key, self.models, key, model, written)
         return key
 
     def apply_job(self, event: str | None, body: Mapping[str, Any]) -> ModelKey | None:
@@ -95,13 +100,16 @@ class FleetCache:
             if event == DELETED:
                 jobs.pop(meta["name"], None)
             else:
-                self._store_job(key, body)
+                self._store_job(key, body, written=False)
         return key
 
-    def _store_job(self, key: ModelKey, body: Mapping[str, Any]) -> None:
-        meta = body["metadata"]
-        self.jobs.setdefault(key, {})[meta["name"]] = {"metadata": {"name": meta["name"], "uid": meta.get("uid")},
-                                                       "status": _copied(body.get("status") or {})}
+    def _store_job(self, key: ModelKey, body: Mapping[str, Any], written: bool) -> None:
+        """What `views.job_view` reads of a Job: its name, uid, conditions and completion time."""
+        meta, status = body["metadata"], body.get("status") or {}
+        kept = {"metadata": {"name": meta["name"], "uid": meta.get("uid")},
+                "status": {"conditions": _copied(status.get("conditions") or []),
+                           "completionTime": status.get("completionTime")}}
+        self._store(key, self.jobs.setdefault(key, {}), meta["name"], kept, written)
 
     def job_created(self, body: Mapping[str, Any]) -> None:
         """A Job this operator just created, before its watch event: kept only if the watch has not brought it yet
@@ -111,7 +119,7 @@ class FleetCache:
             return
         with self._lock:
             if body["metadata"]["name"] not in self.jobs.get(key, {}):
-                self._store_job(key, body)
+                self._store_job(key, body, written=True)
 
     def apply_pod(self, event: str | None, body: Mapping[str, Any]) -> ModelKey | None:
         meta = body["metadata"]
@@ -119,19 +127,16 @@ class FleetCache:
         job = labels.get("job-name")
         if job is None:
             return None
-        status = body.get("status") or {}
+        key = _owner(meta)
         with self._lock:
             pods = self.pods.setdefault((meta["namespace"], job), {})
             if event == DELETED:
                 pods.pop(meta.get("uid"), None)
             else:
-                pods[meta.get("uid")] = {"status": {
-                    "conditions": [c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"],
-                    "containerStatuses": [{"state": s.get("state") or {}}
-                                          for s in status.get("containerStatuses") or []]}}
-        return _owner(meta)
+                self._store(key, pods, meta.get("uid"), _step_pod(body.get("status") or {}), written=key is None)
+        return key
 
-    def apply_deployment(self, event: str | None, body: Mapping[str, Any]) -> ModelKey | None:
+    def apply_deployment(self, event: str | None, body: Mapping[str, Any], written: bool = False) -> ModelKey | None:
         meta = body["metadata"]
         key = _owner(meta)
         if key is None:
@@ -141,7 +146,7 @@ class FleetCache:
             if event == DELETED:
                 views.pop(meta["name"], None)
             elif self._newer(("Deployment", meta["namespace"], meta["name"]), meta.get("resourceVersion")):
-                views[meta["name"]] = view_of.deployment_view(body)
+                self._store(key, views, meta["name"], view_of.deployment_view(body), written)
         return key
 
     def scaled(self, key: ModelKey, name: str, replicas: int, version: str) -> None:
@@ -161,6 +166,21 @@ class FleetCache:
             self._versions[child] = version
         return True
 
+    def _store(self, key: ModelKey | None, where: dict, name: Hashable, value: Any, written: bool) -> None:
+        """Stores a view; marks its model changed when it differs from the one it replaces (unless `written`: the
+        writer visits with what it wrote)."""
+        if not written and key is not None and where.get(name) != value:
+            self._changed.add(key)
+        where[name] = value
+
+    def take_changed(self, key: ModelKey | None) -> bool:
+        """Whether what the model's decisions read changed since this was last asked for it (once per change)."""
+        with self._lock:
+            if key in self._changed:
+                self._changed.discard(key)
+                return True
+            return False
+
     def apply_service(self, event: str | None, body: Mapping[str, Any]) -> ModelKey | None:
         meta = body["metadata"]
         key = _owner(meta)
@@ -171,23 +191,32 @@ class FleetCache:
             if event == DELETED:
                 services.pop(meta["name"], None)
             else:
+                before = services.get(meta["name"])
+                selector = dict((body.get("spec") or {}).get("selector") or {})
                 services[meta["name"]] = {
                     "metadata": {"name": meta["name"], "resourceVersion": meta.get("resourceVersion")},
-                    "spec": {"selector": dict((body.get("spec") or {}).get("selector") or {})}}
+                    "spec": {"selector": selector}}
+                if before is None or before["spec"]["selector"] != selector:
+                    self._changed.add(key)
         return key
 
-    def apply_route(self, event: str | None, body: Mapping[str, Any]) -> list[ModelKey]:
-        """The models whose spec names this HTTPRoute."""
+    def apply_route(self, event: str | None, body: Mapping[str, Any], written: bool = False) -> list[ModelKey]:
+        """The models whose spec names this HTTPRoute (marked changed when its spec changed, unless `written`)."""
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         with self._lock:
+            models = self._route_models(namespace, name)
             if event == DELETED:
                 self.routes.pop((namespace, name), None)
             elif self._newer(("HTTPRoute", namespace, name), meta.get("resourceVersion")):
+                before = self.routes.get((namespace, name))
+                spec = _copied(body.get("spec") or {})
                 self.routes[(namespace, name)] = {"metadata": {"name": name, "namespace": namespace,
                                                                "resourceVersion": meta.get("resourceVersion")},
-                                                  "spec": _copied(body.get("spec") or {})}
-            return self._route_models(namespace, name)
+                                                  "spec": spec}
+                if not written and (before is None or before["spec"] != spec):
+                    self._changed.update(models)
+            return models
 
     def route_models(self, namespace: str, name: str) -> list[ModelKey]:
         with self._lock:
@@ -267,6 +296,24 @@ def _model_body(body: Mapping[str, Any]) -> dict[str, Any]:
     return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
             "metadata": {k: _copied(meta[k]) for k in kept if k in meta},
             "spec": _copied(body.get("spec") or {}), "status": _copied(body.get("status") or {})}
+
+
+def _step_pod(status: Mapping[str, Any]) -> dict[str, Any]:
+    """What `views.job_view` reads of a step's pod: a PodScheduled=False condition, and each container's waiting
+    state (ContainerCreating aside) or terminated state, in order; a running container or a scheduled pod keeps
+    nothing, so their events change nothing."""
+    conditions = [{"type": c.get("type"), "status": c.get("status"), "reason": c.get("reason"),
+                   "message": c.get("message")} for c in status.get("conditions") or []
+                  if c.get("type") == "PodScheduled" and c.get("status") == "False"]
+    containers = []
+    for container in status.get("containerStatuses") or []:
+        state = container.get("state") or {}
+        waiting, terminated = state.get("waiting"), state.get("terminated")
+        if terminated:
+            containers.append({"state": {"terminated": _copied(terminated)}})
+        elif waiting and waiting.get("reason") not in (None, "ContainerCreating"):
+            containers.append({"state": {"waiting": _copied(waiting)}})
+    return {"status": {"conditions": conditions, "containerStatuses": containers}}
 
 
 def _copied(value: Any) -> Any:

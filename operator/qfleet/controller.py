@@ -24,7 +24,7 @@ from typing import Any
 from qfleet import kube, prom, telemetry
 from qfleet.api.spec import DEFAULT_RUNTIME_IMAGE
 from qfleet.cache import FleetCache, ModelKey, Snapshot
-from qfleet.pipeline import Decision, Event, Observed, decide
+from qfleet.pipeline import Decision, Event, Observed, decide, records
 from qfleet.pipeline.analysis import Measured, MeasureRequest
 from qfleet.pipeline.rollout_action import ACTION_ANNOTATION
 from qfleet.promql import LATENCY_SOURCES, RUNTIME_LATENCY
@@ -157,15 +157,17 @@ class Controller:
         if any(asked.values()):
             answers = {into: self._measure(request, namespace, name) for into, request in asked.items() if request}
             decision = decide(dataclasses.replace(observed, **answers))
-        if not self._apply_children(namespace, decision, snapshot):
+        created = self._apply_children(namespace, decision, snapshot)
+        if created is None:
             log.info("A child of QuantizedModel %s/%s changed meanwhile; visiting again", namespace, name)
             return observed.now + RETRY_AFTER_LOST_RACE, "conflict"
+        status = records.with_created_uids(decision.status, created)
         outcome = "unchanged"
-        if decision.status != observed.status:
+        if status != observed.status:
             with telemetry.api_call("replace_status"):
-                written = kube.replace_status(self.api, body, decision.status)
+                written = kube.replace_status(self.api, body, status)
             if written is not None:
-                self.cache.apply_model(None, written)  # read your own write: the watch brings it a moment later
+                self.cache.apply_model(None, written, written=True)  # read your own write: the watch echoes it later
             if written is None:
                 log.info("Status of QuantizedModel %s/%s changed meanwhile; the next visit recomputes it",
                          namespace, name)
@@ -189,10 +191,12 @@ class Controller:
             log.warning("Prometheus query %s of %s/%s failed: %s", query, namespace, name, error)
         return Measured(measured.values, measured.histograms, measured.errors)
 
-    def _apply_children(self, namespace: str, decision: Decision, snapshot: Snapshot) -> bool:
-        """Creates what is missing and sets what differs, each write guarded by what the visit saw; False when one
-        lost its race (nothing after it is written: the next visit starts from the newer state)."""
+    def _apply_children(self, namespace: str, decision: Decision, snapshot: Snapshot) -> dict[str, str] | None:
+        """Creates what is missing and sets what differs, each write guarded by what the visit saw. Returns the uids
+        of the Jobs it created, by name; None when a write lost its race (nothing after it is written: the next
+        visit starts from the newer state)."""
         api = self.api
+        created_jobs: dict[str, str] = {}
         # Read your own creates, as the status write does: a visit woken before a new child's watch event would
         # otherwise not see it and create it again (a 409, and a request wasted at fleet scale).
         for manifest in decision.create:
@@ -200,13 +204,14 @@ class Controller:
                 created = kube.create_job(api, manifest)
             if created is not None:
                 self.cache.job_created(created)
+                created_jobs[created["metadata"]["name"]] = created["metadata"]["uid"]
                 telemetry.CHILDREN_CREATED.labels("Job").inc()
         changes = decision.release
         for manifest in changes.deployments:
             with telemetry.api_call("create_deployment"):
                 created = kube.create_deployment(api, manifest)
             if created is not None:
-                self.cache.apply_deployment(None, created)
+                self.cache.apply_deployment(None, created, written=True)
                 telemetry.CHILDREN_CREATED.labels("Deployment").inc()
         for manifest in changes.services:
             existing = snapshot.services.get(manifest["metadata"]["name"])
@@ -214,7 +219,7 @@ class Controller:
                 written = kube.ensure_service(api, manifest, existing)
             if existing is not None and not written and \
                     (existing.get("spec") or {}).get("selector") != manifest["spec"]["selector"]:
-                return False
+                return None
         for deployment, replicas in changes.scale.items():
             view = snapshot.deployments.get(deployment)
             if view is None:
@@ -222,15 +227,15 @@ class Controller:
             with telemetry.api_call("scale_deployment"):
                 version = kube.scale_deployment(api, namespace, deployment, replicas, seen=view.replicas)
             if version is None:
-                return False
+                return None
             self.cache.scaled(snapshot.key, deployment, replicas, version)  # read your own write
         if changes.route_rules is not None and snapshot.route is not None:
             with telemetry.api_call("set_route_rules"):
                 written = kube.set_route_rules(api, snapshot.route, changes.route_rules[1])
             if written is None:
-                return False
-            self.cache.apply_route(None, written)
-        return True
+                return None
+            self.cache.apply_route(None, written, written=True)
+        return created_jobs
 
 
 def _now() -> datetime.datetime:

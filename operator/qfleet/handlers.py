@@ -101,10 +101,17 @@ def _wake(key: Any) -> None:
         controller.wake(key)
 
 
+def _wake_changed(key: Any) -> None:
+    """Wakes the model if what its decisions read changed with this event (the index function just applied it)."""
+    if CACHE.take_changed(key):
+        _wake(key)
+
+
 # Each watched kind feeds the cache from an index function: Kopf runs index functions before any other handler and
 # holds every event handler until all of them have listed their kind, so no model is visited before the Nodes, Jobs
 # and Deployments it depends on are in the cache (a restart must not flap a serving model's status). The index
-# functions return None: the cache, not Kopf's index, keeps the views. The event handlers then only wake models, and
+# functions return None: the cache, not Kopf's index, keeps the views. The event handlers then only wake models whose
+# view changed (`_wake_changed`: a pod's new IP or the echo of the operator's own status write wakes nobody), and
 # forget what was deleted.
 
 
@@ -116,7 +123,7 @@ async def cache_models(body: kopf.Body, **_: Any) -> None:
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def on_model(type: str | None, body: kopf.Body, **_: Any) -> None:
     if type != DELETED:
-        _wake(model_key(body))
+        _wake_changed(model_key(body))
         return
     key = CACHE.apply_model(DELETED, dict(body))
     if "controller" in STATE:
@@ -130,7 +137,10 @@ async def cache_jobs(body: kopf.Body, **_: Any) -> None:
 
 @kopf.on.event("batch", "v1", "jobs", labels=OURS)
 async def on_job(type: str | None, body: kopf.Body, **_: Any) -> None:
-    _wake(CACHE.apply_job(DELETED, dict(body)) if type == DELETED else owner_key(body))
+    if type == DELETED:
+        _wake(CACHE.apply_job(DELETED, dict(body)))
+    else:
+        _wake_changed(owner_key(body))
 
 
 @kopf.index("", "v1", "pods", labels={**OURS, "qfleet.io/step": kopf.PRESENT})
@@ -140,7 +150,10 @@ async def cache_step_pods(body: kopf.Body, **_: Any) -> None:
 
 @kopf.on.event("", "v1", "pods", labels={**OURS, "qfleet.io/step": kopf.PRESENT})
 async def on_step_pod(type: str | None, body: kopf.Body, **_: Any) -> None:
-    _wake(CACHE.apply_pod(DELETED, dict(body)) if type == DELETED else owner_key(body))
+    if type == DELETED:
+        _wake(CACHE.apply_pod(DELETED, dict(body)))
+    else:
+        _wake_changed(owner_key(body))
 
 
 @kopf.index("apps", "v1", "deployments", labels=OURS)
@@ -150,7 +163,10 @@ async def cache_deployments(body: kopf.Body, **_: Any) -> None:
 
 @kopf.on.event("apps", "v1", "deployments", labels=OURS)
 async def on_deployment(type: str | None, body: kopf.Body, **_: Any) -> None:
-    _wake(CACHE.apply_deployment(DELETED, dict(body)) if type == DELETED else owner_key(body))
+    if type == DELETED:
+        _wake(CACHE.apply_deployment(DELETED, dict(body)))
+    else:
+        _wake_changed(owner_key(body))
 
 
 @kopf.index("", "v1", "services", labels=OURS)
@@ -160,7 +176,10 @@ async def cache_services(body: kopf.Body, **_: Any) -> None:
 
 @kopf.on.event("", "v1", "services", labels=OURS)
 async def on_service(type: str | None, body: kopf.Body, **_: Any) -> None:
-    _wake(CACHE.apply_service(DELETED, dict(body)) if type == DELETED else owner_key(body))
+    if type == DELETED:
+        _wake(CACHE.apply_service(DELETED, dict(body)))
+    else:
+        _wake_changed(owner_key(body))
 
 
 @kopf.index("gateway.networking.k8s.io", "v1", "httproutes")
@@ -170,10 +189,12 @@ async def cache_routes(body: kopf.Body, **_: Any) -> None:
 
 @kopf.on.event("gateway.networking.k8s.io", "v1", "httproutes")
 async def on_route(type: str | None, body: kopf.Body, **_: Any) -> None:
-    keys = CACHE.apply_route(DELETED, dict(body)) if type == DELETED else CACHE.route_models(
-        body["metadata"]["namespace"], body["metadata"]["name"])
-    for key in keys:
-        _wake(key)
+    if type == DELETED:
+        for key in CACHE.apply_route(DELETED, dict(body)):
+            _wake(key)
+        return
+    for key in CACHE.route_models(body["metadata"]["namespace"], body["metadata"]["name"]):
+        _wake_changed(key)
 
 
 @kopf.index("", "v1", "nodes")

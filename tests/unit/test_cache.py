@@ -109,3 +109,76 @@ def test_the_token_bucket_allows_a_burst_then_the_rate() -> None:
     waits = [bucket.acquire() for _ in range(5)]
     assert waits[:3] == [0.0, 0.0, 0.0] and abs(waits[3] - 0.1) < 1e-9 and abs(waits[4] - 0.1) < 1e-9
     assert TokenBucket(qps=0, burst=1).acquire() == 0.0
+
+
+def test_only_a_change_that_a_decision_reads_marks_its_model_once() -> None:
+    """The event handlers wake a model only when `take_changed` says so: a pod's IP, a Job's active count, a
+    Deployment's observedGeneration and the echo of the operator's own write change nothing a visit reads."""
+    cache = FleetCache()
+    key = ("ml", "llama")
+    cache.apply_model(None, MODEL)
+    assert cache.take_changed(key) and not cache.take_changed(key)  # once per change
+
+    job = owned({"status": {}}, "llama-abc-fp8-calibrate")
+    cache.job_created(job)  # the create's answer: the writer knows
+    assert not cache.take_changed(key)
+    cache.apply_job(None, job)  # its ADDED event: the same Job
+    assert not cache.take_changed(key)
+    cache.apply_job(None, owned({"status": {"active": 1, "ready": 1, "startTime": "t"}}, "llama-abc-fp8-calibrate"))
+    assert not cache.take_changed(key)
+
+    pod = owned({"status": {"phase": "Pending"}}, "pod-1")
+    pod["metadata"]["labels"]["job-name"] = "llama-abc-fp8-calibrate"
+    cache.apply_pod(None, pod)
+    assert cache.take_changed(key)  # a pod appeared: a finished Job waits for its pod's final state
+    for status in ({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]},
+                   {"phase": "Running", "podIP": "10.244.0.9",
+                    "containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]},
+                   {"phase": "Running", "containerStatuses": [{"state": {"running": {"startedAt": "t"}}}]}):
+        cache.apply_pod(None, {**pod, "status": status})
+        assert not cache.take_changed(key), status
+    cache.apply_pod(None, {**pod, "status": {"containerStatuses": [{"state": {"waiting": {
+        "reason": "ImagePullBackOff", "message": "no such image"}}}]}})
+    assert cache.take_changed(key)
+    assert cache.snapshot(key).jobs["llama-abc-fp8-calibrate"].waiting == "ImagePullBackOff: no such image"
+    cache.apply_pod(None, {**pod, "status": {"containerStatuses": [{"state": {"terminated": {"exitCode": 0}}}]}})
+    cache.apply_job(None, owned({"status": {"succeeded": 1, "completionTime": "t2",
+                                            "conditions": [{"type": "Complete", "status": "True"}]}},
+                                "llama-abc-fp8-calibrate"))
+    assert cache.take_changed(key) and not cache.take_changed(key)
+    assert cache.snapshot(key).jobs["llama-abc-fp8-calibrate"].state is JobState.SUCCEEDED
+
+    deployment = owned({"spec": {"replicas": 1}, "status": {}}, "llama-abc")
+    cache.apply_deployment(None, deployment, written=True)
+    assert not cache.take_changed(key)
+    cache.apply_deployment(None, {**deployment, "metadata": {**deployment["metadata"], "resourceVersion": "2"},
+                                  "status": {"observedGeneration": 1}})
+    assert not cache.take_changed(key)
+    cache.apply_deployment(None, {**deployment, "metadata": {**deployment["metadata"], "resourceVersion": "3"},
+                                  "status": {"readyReplicas": 1}})
+    assert cache.take_changed(key)
+
+    service = owned({"spec": {"selector": {"qfleet.io/revision": "abc"}}}, "llama-stable")
+    cache.apply_service(None, service)
+    assert cache.take_changed(key)
+    cache.apply_service(None, {**service, "metadata": {**service["metadata"], "resourceVersion": "5"}})
+    assert not cache.take_changed(key)
+
+    written = {**MODEL, "metadata": {**MODEL["metadata"], "resourceVersion": "8"}, "status": {"phase": "Degraded"}}
+    cache.apply_model(None, written, written=True)  # read your own write
+    cache.apply_model(None, written)  # the watch's echo of it
+    cache.apply_model(None, MODEL)  # and an older event, late
+    assert not cache.take_changed(key)
+    assert cache.snapshot(key).body["status"] == {"phase": "Degraded"}
+    edited = {**written, "metadata": {**written["metadata"], "resourceVersion": "9", "generation": 3}}
+    cache.apply_model(None, edited)
+    assert cache.take_changed(key)
+
+    route = {"metadata": {"name": "llama-route", "namespace": "ml", "resourceVersion": "9"}, "spec": {"rules": []}}
+    cache.apply_route(None, route, written=True)
+    assert not cache.take_changed(key)
+    cache.apply_route(None, {**route, "metadata": {**route["metadata"], "resourceVersion": "10"}})
+    assert not cache.take_changed(key)  # its status changed (a new resourceVersion), not its rules
+    cache.apply_route(None, {"metadata": {**route["metadata"], "resourceVersion": "11"},
+                             "spec": {"rules": [{"backendRefs": [{"name": "other"}]}]}})  # a person's edit
+    assert cache.take_changed(key)

@@ -13,7 +13,7 @@ from qfleet.gpus import GPUS, gfd_labels
 from qfleet.manifests.jobs import job_name
 from qfleet.manifests.names import MAX_NAME, child_name
 from qfleet.api.jobs import Step
-from qfleet.pipeline import JobState, JobView, NodeView, Observed, admit, decide
+from qfleet.pipeline import JobState, JobView, NodeView, Observed, admit, decide, records
 from qfleet.revision import revision_of
 from tests.unit.test_release import NVFP4, serving_stable, start_canary
 from tests.unit.test_release import SPEC as STABLE_SPEC
@@ -199,6 +199,23 @@ def test_a_visit_with_nothing_new_changes_nothing() -> None:
     again = decide(observed(jobs=jobs(job(Step.CALIBRATE, JobState.RUNNING)), status=first.status))
     assert again.status == first.status
     assert again.events == [] and again.create == []
+
+
+def test_the_visit_after_a_job_is_created_finds_nothing_to_write_once_the_uid_is_recorded() -> None:
+    """The visit that creates a Job writes its uid from the create's answer (`with_created_uids`), so the visit
+    woken by the Job's first event has nothing left to write: one status write per step started, not two."""
+    first = decide(observed())
+    [created] = first.create
+    name = created["metadata"]["name"]
+    written = records.with_created_uids(first.status, {name: "uid-new", "llama-other-job": "uid-x"})
+    assert written["calibration"] == {**first.status["calibration"], "jobUid": "uid-new"}
+    assert {k: v for k, v in written.items() if k != "calibration"} == \
+        {k: v for k, v in first.status.items() if k != "calibration"}
+    seen = decide(observed(jobs=jobs(job(Step.CALIBRATE, JobState.RUNNING, uid="uid-new")), status=written))
+    assert seen.status == written and seen.create == [] and seen.events == []
+    assert records.with_created_uids(first.status, {}) == first.status
+    # A recorded uid is never replaced (a Job created again is a new step record, made by the decision).
+    assert records.with_created_uids(written, {name: "uid-other"})["calibration"]["jobUid"] == "uid-new"
 
 
 def test_a_finished_pipeline_visited_again_changes_nothing() -> None:

@@ -97,6 +97,20 @@ def running(step: Step, job: str, revision: str, previous: StepRecord | None, se
     return RECORD_TYPE[step].model_validate(fields)
 
 
+def with_created_uids(status: Mapping[str, Any], created: Mapping[str, str]) -> dict[str, Any]:
+    """The status a visit writes, with the uid of each Job it has just created on that Job's step record (the
+    decision was made before the create answered): the next visit, which sees the Job in the cache, then finds
+    nothing to write where it would otherwise write the uid alone."""
+    if not created:
+        return dict(status)
+    updated = dict(status)
+    for section in SECTION.values():
+        record = status.get(section)
+        if isinstance(record, Mapping) and record.get("job") in created and not record.get("jobUid"):
+            updated[section] = {**record, "jobUid": created[record["job"]]}
+    return updated
+
+
 def failed(step: Step, job: str, revision: str, message: str, previous: StepRecord | None = None,
            inputs_hash: str | None = None) -> StepRecord:
     fields: dict[str, Any] = {"job": job, "revision": revision, "outcome": StepOutcome.FAILED,
