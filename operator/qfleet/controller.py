@@ -35,6 +35,8 @@ LEGACY_FINALIZER = "qfleet.io/finalizer"
 """Added by qfleet 0.1.0 (its timers made Kopf add it); nothing needs it now: children are owned by the model."""
 RETRY_AFTER_LOST_RACE = datetime.timedelta(seconds=1)
 MAX_BACKOFF_SECONDS = 300.0
+READY_PROBE_SECONDS = 2.0
+"""While visits fail for want of the apiserver, how often one probe asks whether it is ready again."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,9 @@ class Controller:
         self.queue = WorkQueue()
         self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="qfleet-visit")
         self.failures: dict[ModelKey, int] = {}
+        self.unavailable: set[ModelKey] = set()
+        """Models whose last visit failed for want of the apiserver: visited again as soon as it is ready."""
+        self._probe: asyncio.Task | None = None
 
     # -- the loop ---------------------------------------------------------------------------------------------------
     def wake(self, key: ModelKey) -> None:
@@ -80,7 +85,7 @@ class Controller:
         try:
             await asyncio.gather(*tasks)
         finally:
-            for task in tasks:
+            for task in [*tasks, *([self._probe] if self._probe else [])]:
                 task.cancel()
             self.pool.shutdown(wait=False, cancel_futures=True)
 
@@ -101,14 +106,36 @@ class Controller:
                     continue
                 failures = self.failures[key] = self.failures.get(key, 0) + 1
                 delay = min(MAX_BACKOFF_SECONDS, 2.0 ** failures)
-                log.exception("Visit of QuantizedModel %s/%s failed (%d in a row); again in %.0fs", *key, failures,
-                              delay)
+                if kube.unavailable(error):
+                    # Its back-off stays as the fallback; the probe visits it again as soon as the apiserver is back.
+                    log.warning("Visit of QuantizedModel %s/%s failed: the apiserver is unavailable (%s); again once "
+                                "it is ready, at the latest in %.0fs", *key, error, delay)
+                    self.unavailable.add(key)
+                    self._start_probe()
+                else:
+                    log.exception("Visit of QuantizedModel %s/%s failed (%d in a row); again in %.0fs", *key,
+                                  failures, delay)
                 due = _now() + datetime.timedelta(seconds=delay)
             finally:
                 self.queue.done(key)
             if due is not None:
                 self.queue.add(key, self._monotonic(due))
             telemetry.SCHEDULED_WAKEUPS.set(self.queue.scheduled)
+
+    def _start_probe(self) -> None:
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.get_running_loop().create_task(self._wake_when_ready())
+
+    async def _wake_when_ready(self) -> None:
+        """One probe of /readyz every READY_PROBE_SECONDS while models wait for the apiserver (not a visit each), then
+        those models at once: the watches resume where they were and bring no event for what did not change."""
+        while self.unavailable:
+            await asyncio.sleep(READY_PROBE_SECONDS)
+            if await asyncio.to_thread(kube.ready, self.api):
+                waiting, self.unavailable = self.unavailable, set()
+                log.info("The apiserver is ready again: visiting the %d model(s) that waited for it", len(waiting))
+                for key in waiting:
+                    self.wake(key)
 
     async def _resync(self) -> None:
         """Every model once per resync period, spread over the period rather than all at once."""

@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
@@ -29,6 +30,8 @@ REQUEST_TIMEOUT = (5, 30)
 JSON_PATCH, MERGE_PATCH = "application/json-patch+json", "application/merge-patch+json"
 LOST_RACE = (404, 409, 422)
 """Gone, a stale resourceVersion, a failed JSON-patch `test`."""
+UNAVAILABLE = (429, 500, 502, 503, 504)
+"""The apiserver answered but could not serve: throttled, or it or its storage (etcd) is down."""
 
 
 class TokenBucket:
@@ -114,6 +117,26 @@ def namespace_terminating(error: BaseException) -> bool:
     except (ValueError, AttributeError):
         return False
     return any(cause.get("reason") == "NamespaceTerminating" for cause in causes)
+
+
+def unavailable(error: BaseException) -> bool:
+    """The apiserver could not be reached or could not serve: not the model's fault, so its visit is retried once the
+    apiserver is ready again (`ready`), not after a back-off that grows with the outage."""
+    if isinstance(error, ApiException):
+        return error.status in UNAVAILABLE
+    return isinstance(error, (urllib3.exceptions.HTTPError, OSError))
+
+
+def ready(api: k8s.ApiClient) -> bool:
+    """Whether the apiserver answers /readyz (which checks its storage too); every ServiceAccount may read it."""
+    try:
+        method, url, headers, _, _ = api.param_serialize(method="GET", resource_path="/readyz",
+                                                         auth_settings=["BearerToken"])
+        answer = api.call_api(method, url, header_params=headers, _request_timeout=REQUEST_TIMEOUT)
+        answer.read()
+    except Exception:  # noqa: BLE001 - any failure means not ready
+        return False
+    return answer.status == 200
 
 
 def children_selector(model: str) -> str:
