@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -107,6 +108,15 @@ def _wake_changed(key: Any) -> None:
         _wake(key)
 
 
+def _on_child(type: str | None, body: kopf.Body, apply: Callable[[str, dict[str, Any]], Any]) -> None:
+    """A child's event: its deletion (dropped from the cache here) wakes its model; any other event, if it changed
+    what the model's decisions read."""
+    if type == DELETED:
+        _wake(apply(DELETED, dict(body)))
+    else:
+        _wake_changed(owner_key(body))
+
+
 # Each watched kind feeds the cache from an index function: Kopf runs index functions before any other handler and
 # holds every event handler until all of them have listed their kind, so no model is visited before the Nodes, Jobs
 # and Deployments it depends on are in the cache (a restart must not flap a serving model's status). The index
@@ -137,10 +147,7 @@ async def cache_jobs(body: kopf.Body, **_: Any) -> None:
 
 @kopf.on.event("batch", "v1", "jobs", labels=OURS)
 async def on_job(type: str | None, body: kopf.Body, **_: Any) -> None:
-    if type == DELETED:
-        _wake(CACHE.apply_job(DELETED, dict(body)))
-    else:
-        _wake_changed(owner_key(body))
+    _on_child(type, body, CACHE.apply_job)
 
 
 @kopf.index("", "v1", "pods", labels={**OURS, "qfleet.io/step": kopf.PRESENT})
@@ -150,10 +157,7 @@ async def cache_step_pods(body: kopf.Body, **_: Any) -> None:
 
 @kopf.on.event("", "v1", "pods", labels={**OURS, "qfleet.io/step": kopf.PRESENT})
 async def on_step_pod(type: str | None, body: kopf.Body, **_: Any) -> None:
-    if type == DELETED:
-        _wake(CACHE.apply_pod(DELETED, dict(body)))
-    else:
-        _wake_changed(owner_key(body))
+    _on_child(type, body, CACHE.apply_pod)
 
 
 @kopf.index("apps", "v1", "deployments", labels=OURS)
@@ -163,10 +167,7 @@ async def cache_deployments(body: kopf.Body, **_: Any) -> None:
 
 @kopf.on.event("apps", "v1", "deployments", labels=OURS)
 async def on_deployment(type: str | None, body: kopf.Body, **_: Any) -> None:
-    if type == DELETED:
-        _wake(CACHE.apply_deployment(DELETED, dict(body)))
-    else:
-        _wake_changed(owner_key(body))
+    _on_child(type, body, CACHE.apply_deployment)
 
 
 @kopf.index("", "v1", "services", labels=OURS)
@@ -176,10 +177,7 @@ async def cache_services(body: kopf.Body, **_: Any) -> None:
 
 @kopf.on.event("", "v1", "services", labels=OURS)
 async def on_service(type: str | None, body: kopf.Body, **_: Any) -> None:
-    if type == DELETED:
-        _wake(CACHE.apply_service(DELETED, dict(body)))
-    else:
-        _wake_changed(owner_key(body))
+    _on_child(type, body, CACHE.apply_service)
 
 
 @kopf.index("gateway.networking.k8s.io", "v1", "httproutes")
