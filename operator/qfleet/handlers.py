@@ -33,8 +33,8 @@ SETTINGS = LoopSettings(
     runtime_image=os.environ.get("QFLEET_RUNTIME_IMAGE") or DEFAULT_RUNTIME_IMAGE,
     latency_source=os.environ.get("QFLEET_LATENCY_SOURCE") or LoopSettings.latency_source,
 )
-API_QPS = float(os.environ.get("QFLEET_API_QPS", "40"))
-API_BURST = int(os.environ.get("QFLEET_API_BURST", "80"))
+API_QPS = float(os.environ.get("QFLEET_API_QPS", "100"))
+API_BURST = int(os.environ.get("QFLEET_API_BURST", "250"))
 OURS = {"app.kubernetes.io/managed-by": MANAGED_BY["app.kubernetes.io/managed-by"]}
 CACHE = FleetCache()
 STATE: dict[str, Any] = {}
