@@ -92,3 +92,30 @@ def walk(schema: Schema, path: str = "") -> Iterator[tuple[str, Schema]]:
         yield from walk(schema["items"], f"{path}[]")
     if isinstance(schema.get("additionalProperties"), dict):
         yield from walk(schema["additionalProperties"], f"{path}[*]")
+
+
+def run_worker_until(controller: Any, key: Any, finished: Any, timeout: float = 5.0) -> None:
+    """Wakes `key` and runs one worker of `controller` until a visit ends with `finished()` true (or `timeout`): the
+    worker runs on to its next wait for the queue first, so any retry it schedules is in the queue by then."""
+    import asyncio
+
+    async def run() -> None:
+        ended = asyncio.Event()
+        done = controller.queue.done
+
+        def done_and_tell(done_key: Any) -> None:
+            done(done_key)
+            if finished():
+                ended.set()
+
+        controller.queue.done = done_and_tell
+        controller.wake(key)
+        worker = asyncio.create_task(controller._worker())
+        try:
+            await asyncio.wait_for(ended.wait(), timeout=timeout)
+        except TimeoutError:
+            pass  # the caller asserts what it expected
+        finally:
+            worker.cancel()
+
+    asyncio.run(run())

@@ -2,7 +2,6 @@
 other failure is retried with back-off."""
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 
@@ -12,6 +11,7 @@ from kubernetes.client.rest import ApiException
 from qfleet import kube
 from qfleet.cache import FleetCache
 from qfleet.controller import Controller, LoopSettings
+from tests.unit.support import run_worker_until
 
 KEY = ("team-a", "llama")
 
@@ -50,25 +50,8 @@ def _one_visit(error: BaseException, caplog: pytest.LogCaptureFixture) -> Contro
 
     controller.visit = visit  # type: ignore[method-assign]
 
-    async def run() -> None:
-        visited = asyncio.Event()
-        done = controller.queue.done
-
-        def done_and_tell(key) -> None:
-            done(key)
-            visited.set()
-
-        controller.queue.done = done_and_tell  # type: ignore[method-assign]
-        controller.wake(KEY)
-        worker = asyncio.create_task(controller._worker())
-        try:
-            # The worker runs on to its next wait for the queue before this wakes: the retry, if any, is scheduled.
-            await asyncio.wait_for(visited.wait(), timeout=5)
-        finally:
-            worker.cancel()
-
     with caplog.at_level(logging.INFO, logger="qfleet.controller"):
-        asyncio.run(run())
+        run_worker_until(controller, KEY, lambda: True)
     controller.pool.shutdown()
     return controller
 

@@ -3,7 +3,6 @@ after a back-off grown over the outage: the watches resume where they were and b
 change, so nothing else would wake it."""
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import pytest
@@ -14,6 +13,7 @@ from qfleet import controller as loop
 from qfleet import kube
 from qfleet.cache import FleetCache
 from qfleet.controller import Controller, LoopSettings
+from tests.unit.support import run_worker_until
 
 KEY = ("team-a", "llama")
 REFUSED = urllib3.exceptions.MaxRetryError(None, "/apis/qfleet.io/v1alpha1/namespaces/team-a/quantizedmodels",
@@ -58,27 +58,8 @@ def test_a_visit_that_found_no_apiserver_is_visited_again_once_the_probe_finds_i
 
     controller.visit = visit  # type: ignore[method-assign]
 
-    async def run() -> None:
-        again = asyncio.Event()
-        done = controller.queue.done
-
-        def done_and_tell(key) -> None:
-            done(key)
-            if len(visits) == 2:
-                again.set()
-
-        controller.queue.done = done_and_tell  # type: ignore[method-assign]
-        controller.wake(KEY)
-        worker = asyncio.create_task(controller._worker())
-        try:
-            await asyncio.wait_for(again.wait(), timeout=5)
-        except TimeoutError:
-            pass  # asserted below
-        finally:
-            worker.cancel()
-
     with caplog.at_level(logging.INFO, logger="qfleet.controller"):
-        asyncio.run(run())
+        run_worker_until(controller, KEY, lambda: len(visits) == 2)
     controller.pool.shutdown()
     assert visits == [KEY, KEY], "not visited again once the apiserver was ready"
     assert len(probes) == ready_after and controller.unavailable == set()
