@@ -14,7 +14,7 @@ from kubernetes.client.rest import ApiException
 
 from benchmarks.fleet import awaiting, workload as wl
 from benchmarks.fleet.legs import _namespace
-from benchmarks.fleet.measure import Phase
+from benchmarks.fleet.measure import MachineClock, Phase
 from localfleet import kube
 from localfleet.fleet import Fleet
 
@@ -51,6 +51,7 @@ def run_floor(fleet: Fleet, work: wl.Workload, prometheus: str, work_dir: Path, 
         _namespace(core, namespace)
         kube.bind_artifacts_claim(api, namespace, "qfleet-artifacts", f"floor-{namespace}", work_dir / "artifacts")
     placement = work.placement()
+    machine = MachineClock()
     started = time.monotonic()
     for namespace, model in placement:
         batch.create_namespaced_job(namespace, job(model, STEPS[0]))
@@ -96,5 +97,5 @@ def run_floor(fleet: Fleet, work: wl.Workload, prometheus: str, work_dir: Path, 
                        "floor Deployments ready", log)
     wall = time.monotonic() - started
     log(f"  floor: {wall:.0f} s")
-    return [Phase("1 apply -> serving (floor)", wall, Counter(), 0.0, 0.0)], {"settings": {
+    return [Phase("1 apply -> serving (floor)", wall, Counter(), 0.0, 0.0, machine_cpu_s=machine.busy())], {"settings": {
         "what": "3 Jobs then 1 Deployment per model, created by the script as soon as each can be"}}

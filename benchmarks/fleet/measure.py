@@ -21,11 +21,25 @@ class Phase:
     operator: dict = field(default_factory=dict)
     """qfleet's own figures over the phase: visits, visits per second, visit duration p50/p99, wake-up lag p99 (all,
     scheduled, event)."""
+    machine_cpu_s: float = 0.0
+    """Busy CPU time of the whole machine over the phase (core-seconds): the fleet, the benchmark and the controller."""
 
     def row(self) -> dict:
+        capacity = self.wall_s * procstat.cores()
         return {"wall_s": round(self.wall_s, 1), **audit.totals(self.requests), "cpu_s": round(self.cpu_s, 1),
                 "cpu_share": round(self.cpu_s / self.wall_s, 3) if self.wall_s else 0.0,
-                "peak_rss_mib": round(self.peak_rss_mib, 1), **self.operator}
+                "peak_rss_mib": round(self.peak_rss_mib, 1), "machine_cpu_s": round(self.machine_cpu_s, 1),
+                "machine_busy_share": round(self.machine_cpu_s / capacity, 3) if capacity else 0.0, **self.operator}
+
+
+class MachineClock:
+    """The whole machine's busy CPU time from a start: what a phase cost the fleet, whoever drove it."""
+
+    def __init__(self) -> None:
+        self.busy_before = procstat.machine_busy_seconds()
+
+    def busy(self) -> float:
+        return procstat.machine_busy_seconds() - self.busy_before
 
     def by_verb(self) -> dict[str, int]:
         return {f"{verb} {resource}": n for (verb, resource), n in sorted(self.requests.items())}
@@ -36,6 +50,7 @@ class PhaseClock:
 
     def __init__(self, name: str, pid: int, audit_log: Path, user: str, metrics_url: str | None = None):
         self.name, self.pid, self.audit_log, self.user, self.metrics_url = name, pid, audit_log, user, metrics_url
+        self.machine = MachineClock()
         self.started_wall, self.started = time.time(), time.monotonic()
         self.cpu_before = procstat.cpu_seconds(pid)
         self.metrics_before = scrape(metrics_url) if metrics_url else None
@@ -49,7 +64,7 @@ class PhaseClock:
         if self.metrics_url:
             operator = operator_figures(self.metrics_before, scrape(self.metrics_url), wall)
         return Phase(self.name, wall, audit.read(self.audit_log, self.user, self.started_wall, ended_wall), cpu, rss,
-                     operator)
+                     operator, self.machine.busy())
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:

@@ -1,4 +1,5 @@
-"""A controller's CPU seconds and peak RSS, read from /proc: from outside the process under test."""
+"""A controller's CPU seconds and peak RSS, and the whole machine's busy CPU time, read from /proc: from outside the
+process under test."""
 from __future__ import annotations
 
 import os
@@ -27,3 +28,19 @@ def peak_rss_mib(pid: int) -> float:
 
 def rss_mib(pid: int) -> float:
     return _status_kib(pid, "VmRSS") / 1024
+
+
+def machine_busy_seconds() -> float:
+    """CPU time all cores spent on anything but idle, I/O wait and steal since boot (core-seconds): what the apiserver,
+    etcd, KWOK, the fleet's controllers, the benchmark and the controller under test took together."""
+    return busy_ticks(Path("/proc/stat").read_text().split("\n", 1)[0]) / CLOCK_TICKS
+
+
+def busy_ticks(cpu_line: str) -> int:
+    """/proc/stat's first line: user, nice, system, idle, iowait, irq, softirq, steal, ... (clock ticks)."""
+    user, nice, system, _idle, _iowait, irq, softirq = (int(n) for n in cpu_line.split()[1:8])
+    return user + nice + system + irq + softirq
+
+
+def cores() -> int:
+    return os.cpu_count() or 1

@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                 if extra["rollbacks"] else ""))
         if "floor" in results:
             header["fleet floor, phase 1 (s)"] = results["floor"][0]["wall_s"]
+            header["fleet floor, phase 1 machine CPU (core-s; share of all cores)"] = (
+                f"{results['floor'][0]['machine_cpu_s']}; {results['floor'][0]['machine_busy_share']}")
         for rows in growth.values():
             rows.sort(key=lambda r: (r["models"], r["nodes"]))
         text = report.document(header, {k: v for k, v in results.items() if k != "floor"}, verbs, {k: v for k, v in growth.items() if len(v) > 1})

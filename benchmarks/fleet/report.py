@@ -5,7 +5,8 @@ from __future__ import annotations
 ROWS = (("wall_s", "wall time (s)"), ("requests", "API requests"), ("reads", "  reads (get, list, watch)"),
         ("gets", "  of which GET"), ("writes", "  writes"),
         ("lease_requests", "leader-election Lease requests (not above)"), ("cpu_s", "controller CPU (s)"),
-        ("cpu_share", "  share of one core"), ("peak_rss_mib", "controller peak RSS (MiB)"))
+        ("cpu_share", "  share of one core"), ("peak_rss_mib", "controller peak RSS (MiB)"),
+        ("machine_cpu_s", "machine CPU, all processes (core-s)"), ("machine_busy_share", "  share of all cores"))
 QFLEET_ROWS = (("visits", "visits"), ("visits_per_s", "visits per second"), ("visits_unchanged", "visits that wrote nothing"),
                ("visit_p50_s", "visit duration p50 (s, bucket bound)"), ("visit_p99_s", "visit duration p99 (s, bucket bound)"),
                ("wakeup_lag_p99_s", "wake-up lag p99 (s, bucket bound)"),

@@ -83,7 +83,9 @@ def test_every_scenario_passes_a_server_side_dry_run(fleet, api, namespace, valu
 
 
 LOG_RECORD = re.compile(r"^\[\d{4}-\d\d-\d\d ", re.MULTILINE)
-TERMINATING = re.compile(r"in namespace (\S+) because it is being terminated")
+# The apiserver's message, or the operator's line for a visit it dropped because of it (kube.namespace_terminating).
+TERMINATING = re.compile(r"in namespace (\S+) because it is being terminated"
+                         r"|QuantizedModel ([^/\s]+)/\S+ stopped: its namespace is being deleted")
 
 
 def refusals(log: str) -> list[str]:
@@ -92,10 +94,24 @@ def refusals(log: str) -> list[str]:
     lifecycle, not RBAC. The request line of such a 403 does not say why, so its namespace is matched."""
     starts = [m.start() for m in LOG_RECORD.finditer(log)] + [len(log)]
     records = [log[a:b] for a, b in zip(starts, starts[1:])]
-    terminating = set(TERMINATING.findall(log))
+    terminating = {name for names in TERMINATING.findall(log) for name in names if name}
     return [record for record in records
             if ("Forbidden" in record or "forbidden" in record or '" 403 ' in record)
             and not any(f"/namespaces/{name}/" in record or f"namespace {name} " in record for name in terminating)]
+
+
+def test_refusals_leave_out_namespaces_being_deleted_whichever_line_names_them():
+    log = "\n".join([
+        '[2026-12-01 14:52:15,449] urllib3 [DEBUG] https://h "POST /apis/batch/v1/namespaces/gone-a/jobs HTTP/1.1" 403 536',
+        '[2026-12-01 14:52:15,450] qfleet [INFO] Visit of QuantizedModel gone-a/llama stopped: its namespace is being '
+        'deleted',
+        '[2026-12-01 14:52:15,451] urllib3 [DEBUG] https://h "POST /api/v1/namespaces/gone-b/services HTTP/1.1" 403 536',
+        '[2026-12-01 14:52:15,452] kopf [ERROR] Forbidden: unable to create new content in namespace gone-b because it '
+        'is being terminated',
+        '[2026-12-01 14:52:15,453] urllib3 [DEBUG] https://h "POST /apis/batch/v1/namespaces/mine/jobs HTTP/1.1" 403 536',
+    ]) + "\n"
+    refused = refusals(log)
+    assert len(refused) == 1 and "/namespaces/mine/jobs" in refused[0]
 
 
 def can_i(fleet, kubeconfig: Path, *args: str) -> bool:

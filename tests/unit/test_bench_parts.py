@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from benchmarks.fleet import audit, measure, report, synthetic, workload
+from benchmarks.fleet import audit, measure, procstat, report, synthetic, workload
 from qfleet.api import metrics as m
 from qfleet.api.rollout_spec import Analysis
 from qfleet.gates import effective_gates
@@ -132,3 +132,16 @@ def test_a_histograms_quantile_between_two_scrapes_is_read_per_label_or_over_all
     assert measure.quantile(before, after, name, 0.99, cause="event") == 60.0
     assert measure.quantile(before, after, name, 0.5) == 1.0  # 110 of 200 within 1 s
     assert measure.quantile(before, after, name, 0.99, cause="retry") is None
+
+
+def test_a_phase_reports_the_machines_busy_share_of_all_its_cores(monkeypatch):
+    monkeypatch.setattr(procstat, "cores", lambda: 2)
+    phase = measure.Phase("1 apply -> serving (floor)", 100.0, audit.Counter(), 0.0, 0.0, machine_cpu_s=190.0)
+    row = phase.row()
+    assert row["machine_cpu_s"] == 190.0 and row["machine_busy_share"] == 0.95
+    assert "| machine CPU, all processes (core-s) | 190.0 | - | - |" in report.phase_table("1", row, None)
+
+
+def test_the_machines_busy_time_leaves_out_idle_io_wait_and_steal():
+    assert procstat.busy_ticks("cpu  100 5 50 1000 20 3 2 7 0 0") == 160
+    assert procstat.machine_busy_seconds() > 0

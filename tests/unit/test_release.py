@@ -164,6 +164,24 @@ def test_the_first_revision_serves_at_full_size_once_ready_and_without_a_canary(
     assert decision.release.promoted is False  # no canary was promoted: the operator's promotions count canaries
 
 
+def test_the_first_revision_serving_is_one_event_and_a_cleared_rollback_is_still_told() -> None:
+    """Leaving the first-visit placeholder for "nothing was rolled back" or "served without a canary" says nothing
+    happened (two writes per model saved); RolledBack going back to False after a rollback did happen."""
+    world = World(SPEC, ready=False)
+    world.visit()
+    world.ready = True
+    world.deployments = {k: replace(v, ready_replicas=v.replicas) for k, v in world.deployments.items()}
+    assert [e.reason for e in world.visit().events] == ["RevisionServing"]
+    assert world.condition("CanaryHealthy") == ("True", "Promoted")
+    assert world.condition("RolledBack") == ("False", "NotRolledBack")
+    start_canary(world, measurements=[answers(Traffic(4000, median_seconds=1.2), STABLE)])
+    world.at(1).visit()
+    world.at(11).visit()
+    assert world.condition("RolledBack") == ("True", "GateAborted")
+    world.spec = SPEC
+    assert "NotRolledBack" in [e.reason for e in world.at(20).visit().events]
+
+
 def test_the_canary_gets_weight_only_once_its_replicas_are_ready() -> None:
     world = serving_stable()
     world.ready = False

@@ -33,6 +33,10 @@ WARNING_REASONS = {Reason.INVALID_SPEC, Reason.DRIFT_DETECTED, Reason.REFRESH_BA
                    *FAILED.values()}
 ANNOUNCED_UNKNOWN = {Reason.HOLDING_FOR_EVIDENCE}
 """Unknown conditions that still deserve an Event: a canary held past its pause for want of evidence."""
+NOTHING_HAPPENED = {(ConditionType.ROLLED_BACK, Reason.NOT_ROLLED_BACK), (ConditionType.CANARY_HEALTHY, Reason.PROMOTED)}
+"""A condition leaving its first-visit placeholder for one of these says that nothing happened (no rollback; the first
+revision served without a canary): no Event, since each is a write and a thousand models' first rollout would post
+two thousand of them that Ready=True already tells."""
 PARSED_SPECS = 1024
 """Specs kept parsed: a model's spec rarely changes, and a visit that measures decides twice."""
 _parsed: OrderedDict[tuple[str, str], QuantizedModelSpec] = OrderedDict()
@@ -115,11 +119,15 @@ def _finish(old: QuantizedModelStatus, status: QuantizedModelStatus, conditions:
 
 
 def _transitions(old: Sequence[Condition], new: Sequence[Condition]) -> list[Event]:
-    """An Event for each condition whose status or reason changed (the first-visit Unknowns excepted)."""
+    """An Event for each condition whose status or reason changed (the first-visit Unknowns, and a first settling that
+    says nothing happened, excepted)."""
     events = []
     for condition in new:
         before = find_condition(old, condition.type)
         if before is not None and (before.status, before.reason) == (condition.status, condition.reason):
+            continue
+        placeholder = before is None or before.reason == Reason.RECONCILING
+        if placeholder and (condition.type, condition.reason) in NOTHING_HAPPENED:
             continue
         if condition.status == ConditionStatus.UNKNOWN and condition.reason not in ANNOUNCED_UNKNOWN:
             continue
