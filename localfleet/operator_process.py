@@ -22,10 +22,12 @@ class OperatorProcess:
     """Isolated from the caller's process, restartable, its log in a file and its own metrics port."""
 
     def __init__(self, kubeconfig: Path, log_path: Path, command: list[str] | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, verbose: bool = True):
         """`command` is what the chart's container runs (`kopf run ... -m qfleet.main`), run here with this Python;
-        `env` the container's environment, on top of which the metrics port is set."""
-        self.kubeconfig, self.log_path = kubeconfig, log_path
+        `env` the container's environment, on top of which the metrics port is set. `verbose` adds Kopf's
+        `--verbose` (DEBUG: every request and event, which the tests read); a benchmark runs without it, as the
+        chart does."""
+        self.kubeconfig, self.log_path, self.verbose = kubeconfig, log_path, verbose
         self.command = command or ["kopf", "run", "--standalone", "--all-namespaces", "-m", "qfleet.main"]
         self.env = dict(env or {})
         self.process: subprocess.Popen | None = None
@@ -36,7 +38,8 @@ class OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.env,
                "QFLEET_METRICS_PORT": str(self.metrics_port)}
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", *self.command, "--verbose"], stdout=log,
+            self.process = subprocess.Popen([sys.executable, "-m", *self.command,
+                                             *(["--verbose"] if self.verbose else [])], stdout=log,
                                             stderr=subprocess.STDOUT, env=env, start_new_session=detached)
         return self.process.pid
 
@@ -67,7 +70,8 @@ class OperatorProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def from_chart(manifest: Iterable[dict | None], kubeconfig: Path, log_path: Path) -> tuple[OperatorProcess, str]:
+def from_chart(manifest: Iterable[dict | None], kubeconfig: Path, log_path: Path, verbose: bool = True) \
+        -> tuple[OperatorProcess, str]:
     """The chart's operator container (from `helm get manifest`) as a local process: its command, arguments and
     environment, run with `kubeconfig` (a ServiceAccount's token); the liveness endpoint moves to a free loopback
     port, whose /healthz URL comes back beside the process."""
@@ -77,5 +81,5 @@ def from_chart(manifest: Iterable[dict | None], kubeconfig: Path, log_path: Path
     args = [a.replace("--liveness=http://0.0.0.0:", "--liveness=http://127.0.0.1:") for a in container["args"]]
     args = [f"--liveness=http://127.0.0.1:{liveness}/healthz" if a.startswith("--liveness=") else a for a in args]
     env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}  # valueFrom: the pod's own fields
-    operator = OperatorProcess(kubeconfig, log_path, command=[*container["command"], *args], env=env)
+    operator = OperatorProcess(kubeconfig, log_path, command=[*container["command"], *args], env=env, verbose=verbose)
     return operator, f"http://127.0.0.1:{liveness}/healthz"

@@ -88,7 +88,8 @@ def run_qfleet(fleet: Fleet, work: wl.Workload, prometheus: str, work_dir: Path,
     account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
     kubeconfig = kube.service_account_kubeconfig(fleet.kubeconfig, api, QFLEET_NAMESPACE, account,
                                                  work_dir / "qfleet-kubeconfig", seconds=12 * 3600)
-    operator, liveness = from_chart(manifest, kubeconfig, work_dir / "qfleet-operator.log")
+    # The chart's log level (INFO), not the tests' --verbose: DEBUG lines for every request cost CPU no cluster pays.
+    operator, liveness = from_chart(manifest, kubeconfig, work_dir / "qfleet-operator.log", verbose=False)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     settings = {e["name"]: e["value"] for e in container.get("env", [])
                 if e["name"].startswith("QFLEET_") and "value" in e}

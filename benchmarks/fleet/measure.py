@@ -31,6 +31,9 @@ class Phase:
                 "peak_rss_mib": round(self.peak_rss_mib, 1), "machine_cpu_s": round(self.machine_cpu_s, 1),
                 "machine_busy_share": round(self.machine_cpu_s / capacity, 3) if capacity else 0.0, **self.operator}
 
+    def by_verb(self) -> dict[str, int]:
+        return {f"{verb} {resource}": n for (verb, resource), n in sorted(self.requests.items())}
+
 
 class MachineClock:
     """The whole machine's busy CPU time from a start: what a phase cost the fleet, whoever drove it."""
@@ -40,9 +43,6 @@ class MachineClock:
 
     def busy(self) -> float:
         return procstat.machine_busy_seconds() - self.busy_before
-
-    def by_verb(self) -> dict[str, int]:
-        return {f"{verb} {resource}": n for (verb, resource), n in sorted(self.requests.items())}
 
 
 class PhaseClock:

@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from qfleet import election, kube, telemetry
+from qfleet import election, kube, telemetry, watching
 from qfleet.api.group import GROUP, PLURAL, VERSION
 from qfleet.api.spec import DEFAULT_RUNTIME_IMAGE
 from qfleet.cache import DELETED, FleetCache
@@ -49,6 +49,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
     settings.scanning.disabled = NAMESPACED
+    watching.quiet(settings, WATCHERS)
     api = kube.configure(API_QPS, API_BURST, connections=SETTINGS.workers + 1)  # + the Lease's renewals
     if METRICS_PORT and not STATE.get("metrics_served"):
         telemetry.serve(METRICS_PORT)
@@ -60,6 +61,11 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         leading.set()
     else:  # a candidate from the start, whether or not any model exists yet
         STATE["election"] = asyncio.create_task(_elect(elector, leading))
+
+
+WATCHERS = ("cache_models", "on_model", "cache_jobs", "on_job", "cache_step_pods", "on_step_pod", "cache_deployments",
+            "on_deployment", "cache_services", "on_service", "cache_routes", "on_route", "cache_nodes", "on_node")
+"""The indexers and event watchers below: Kopf's line for each of their successes is dropped (qfleet.watching)."""
 
 
 @kopf.on.cleanup()

@@ -145,3 +145,8 @@ def test_a_phase_reports_the_machines_busy_share_of_all_its_cores(monkeypatch):
 def test_the_machines_busy_time_leaves_out_idle_io_wait_and_steal():
     assert procstat.busy_ticks("cpu  100 5 50 1000 20 3 2 7 0 0") == 160
     assert procstat.machine_busy_seconds() > 0
+
+
+def test_a_phase_lists_its_requests_by_verb_and_resource():
+    phase = measure.Phase("2", 1.0, audit.Counter({("patch", "httproutes"): 2, ("create", "jobs"): 1}), 0.0, 0.0)
+    assert phase.by_verb() == {"create jobs": 1, "patch httproutes": 2}
