@@ -1,7 +1,9 @@
 """Watch-fed views of what visits read: no GET on a visit. Kopf's event handlers feed every change of the operator's
 objects here (`apply`), and each change names the model it concerns, which is then woken if what its decisions read
 changed (`take_changed`): a pod's IP, a Job's active count, a Deployment's observedGeneration, or the watch's echo of
-the operator's own write wake nobody. A visit reads a `Snapshot` of its own model.
+the operator's own write wake nobody. A Job and its pods are compared as the visit reads them (`views.job_view`), so
+a pod that ends before its Job does, or a Job's Complete after its SuccessCriteriaMet, wakes nobody either. A visit
+reads a `Snapshot` of its own model.
 
 What is kept is only what a decision reads: a Job's conditions and uid, the termination state of its pods, a serving
 Deployment's replica counts, a role Service's selector, the user's HTTPRoute, and each Node as its admission view,
@@ -100,16 +102,28 @@ class FleetCache:
             if event == DELETED:
                 jobs.pop(meta["name"], None)
             else:
-                self._store_job(key, body, written=False)
+                before = self._job_seen(key, meta["namespace"], meta["name"])
+                self._store_job(key, body)
+                if self._job_seen(key, meta["namespace"], meta["name"]) != before:
+                    self._changed.add(key)
         return key
 
-    def _store_job(self, key: ModelKey, body: Mapping[str, Any], written: bool) -> None:
+    def _store_job(self, key: ModelKey, body: Mapping[str, Any]) -> None:
         """What `views.job_view` reads of a Job: its name, uid, conditions and completion time."""
         meta, status = body["metadata"], body.get("status") or {}
-        kept = {"metadata": {"name": meta["name"], "uid": meta.get("uid")},
-                "status": {"conditions": _copied(status.get("conditions") or []),
-                           "completionTime": status.get("completionTime")}}
-        self._store(key, self.jobs.setdefault(key, {}), meta["name"], kept, written)
+        self.jobs.setdefault(key, {})[meta["name"]] = {
+            "metadata": {"name": meta["name"], "uid": meta.get("uid")},
+            "status": {"conditions": _copied(status.get("conditions") or []),
+                       "completionTime": status.get("completionTime")}}
+
+    def _job_seen(self, key: ModelKey, namespace: str, job: str) -> JobView | None:
+        """The Job as a visit reads it (its view, with its pods), less when it finished: a Job's events and its
+        pods' wake the model only when this changes. So a pod that ends before its Job does, or a Job's Complete
+        after its SuccessCriteriaMet (whose visit recorded the result), wakes nobody."""
+        body = self.jobs.get(key, {}).get(job)
+        if body is None:
+            return None
+        return replace(view_of.job_view(body, list(self.pods.get((namespace, job), {}).values())), finished_at=None)
 
     def job_created(self, body: Mapping[str, Any]) -> None:
         """A Job this operator just created, before its watch event: kept only if the watch has not brought it yet
@@ -119,7 +133,7 @@ class FleetCache:
             return
         with self._lock:
             if body["metadata"]["name"] not in self.jobs.get(key, {}):
-                self._store_job(key, body, written=True)
+                self._store_job(key, body)
 
     def apply_pod(self, event: str | None, body: Mapping[str, Any]) -> ModelKey | None:
         meta = body["metadata"]
@@ -132,8 +146,11 @@ class FleetCache:
             pods = self.pods.setdefault((meta["namespace"], job), {})
             if event == DELETED:
                 pods.pop(meta.get("uid"), None)
-            else:
-                self._store(key, pods, meta.get("uid"), _step_pod(body.get("status") or {}), written=key is None)
+                return key
+            before = self._job_seen(key, meta["namespace"], job) if key is not None else None
+            pods[meta.get("uid")] = _step_pod(body.get("status") or {})
+            if key is not None and self._job_seen(key, meta["namespace"], job) != before:
+                self._changed.add(key)
         return key
 
     def apply_deployment(self, event: str | None, body: Mapping[str, Any], written: bool = False) -> ModelKey | None:

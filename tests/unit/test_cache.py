@@ -130,7 +130,7 @@ def test_only_a_change_that_a_decision_reads_marks_its_model_once() -> None:
     pod = owned({"status": {"phase": "Pending"}}, "pod-1")
     pod["metadata"]["labels"]["job-name"] = "llama-abc-fp8-calibrate"
     cache.apply_pod(None, pod)
-    assert cache.take_changed(key)  # a pod appeared: a finished Job waits for its pod's final state
+    assert not cache.take_changed(key)  # a pod appeared: the running Job reads the same
     for status in ({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]},
                    {"phase": "Running", "podIP": "10.244.0.9",
                     "containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]},
@@ -142,10 +142,17 @@ def test_only_a_change_that_a_decision_reads_marks_its_model_once() -> None:
     assert cache.take_changed(key)
     assert cache.snapshot(key).jobs["llama-abc-fp8-calibrate"].waiting == "ImagePullBackOff: no such image"
     cache.apply_pod(None, {**pod, "status": {"containerStatuses": [{"state": {"terminated": {"exitCode": 0}}}]}})
-    cache.apply_job(None, owned({"status": {"succeeded": 1, "completionTime": "t2",
-                                            "conditions": [{"type": "Complete", "status": "True"}]}},
-                                "llama-abc-fp8-calibrate"))
+    assert cache.take_changed(key)  # no longer waiting
+    cache.apply_pod(None, {**pod, "status": {"containerStatuses": [{"state": {"terminated": {"exitCode": 0,
+                                                                                             "message": "{}"}}}]}})
+    assert not cache.take_changed(key)  # its pod ended, its Job has not: the visit would read the same
+    cache.apply_job(None, owned({"status": {"succeeded": 1, "conditions": [
+        {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": "t1"}]}}, "llama-abc-fp8-calibrate"))
     assert cache.take_changed(key) and not cache.take_changed(key)
+    cache.apply_job(None, owned({"status": {"succeeded": 1, "completionTime": "t2", "conditions": [
+        {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": "t1"},
+        {"type": "Complete", "status": "True", "lastTransitionTime": "t2"}]}}, "llama-abc-fp8-calibrate"))
+    assert not cache.take_changed(key)  # Complete after SuccessCriteriaMet: only when it finished differs
     assert cache.snapshot(key).jobs["llama-abc-fp8-calibrate"].state is JobState.SUCCEEDED
 
     deployment = owned({"spec": {"replicas": 1}, "status": {}}, "llama-abc")
@@ -182,3 +189,23 @@ def test_only_a_change_that_a_decision_reads_marks_its_model_once() -> None:
     cache.apply_route(None, {"metadata": {**route["metadata"], "resourceVersion": "11"},
                              "spec": {"rules": [{"backendRefs": [{"name": "other"}]}]}})  # a person's edit
     assert cache.take_changed(key)
+
+
+def test_a_jobs_verdict_before_its_pods_final_state_wakes_the_model_at_the_pods_event() -> None:
+    """Two watches, either order: the visit needs both (the summary is in the pod's termination message)."""
+    cache = FleetCache()
+    key = ("ml", "llama")
+    cache.apply_model(None, MODEL)
+    cache.take_changed(key)
+    name = "llama-abc-fp8-build"
+    cache.apply_job(None, owned({"status": {"active": 1}}, name))
+    assert cache.take_changed(key)  # a Job this operator did not create (or whose create's answer was lost)
+    pod = owned({"status": {"containerStatuses": [{"state": {"running": {"startedAt": "t"}}}]}}, "pod-2")
+    pod["metadata"]["labels"]["job-name"] = name
+    cache.apply_pod(None, pod)
+    cache.apply_job(None, owned({"status": {"conditions": [{"type": "SuccessCriteriaMet", "status": "True"}]}}, name))
+    assert not cache.take_changed(key)  # the verdict without the pod's final state reads as running
+    cache.apply_pod(None, {**pod, "status": {"containerStatuses": [{"state": {"terminated": {
+        "exitCode": 0, "message": '{"artifact": "/a/engine"}'}}}]}})
+    assert cache.take_changed(key)
+    assert cache.snapshot(key).jobs[name].summary == {"artifact": "/a/engine"}
