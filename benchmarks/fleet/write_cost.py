@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
         costs = {kind: measure(pids, args.writes, send) for kind, send in kinds}
         get = costs["QuantizedModel GET (taken off the PUTs)"]
-        costs["QuantizedModel status PUT"] = {p: cost - get[p] for p, cost in costs["QuantizedModel status PUT"].items()}
+        put = costs["QuantizedModel status PUT"]
+        costs["QuantizedModel status PUT"] = {process: cost - get[process] for process, cost in put.items()}
     finally:
         fleet.down(log=lambda *_: None)
     print(f"write cost: commit {commit()}, {machine()}, {args.writes} writes of each kind, 100 KWOK nodes")

@@ -102,13 +102,13 @@ def refusals(log: str) -> list[str]:
 
 def test_refusals_leave_out_namespaces_being_deleted_whichever_line_names_them():
     log = "\n".join([
-        '[2026-12-01 14:52:15,449] urllib3 [DEBUG] https://h "POST /apis/batch/v1/namespaces/gone-a/jobs HTTP/1.1" 403 536',
+        '[2026-12-01 14:52:15,449] urllib3 [DEBUG] "POST /apis/batch/v1/namespaces/gone-a/jobs HTTP/1.1" 403 536',
         '[2026-12-01 14:52:15,450] qfleet [INFO] Visit of QuantizedModel gone-a/llama stopped: its namespace is being '
         'deleted',
-        '[2026-12-01 14:52:15,451] urllib3 [DEBUG] https://h "POST /api/v1/namespaces/gone-b/services HTTP/1.1" 403 536',
+        '[2026-12-01 14:52:15,451] urllib3 [DEBUG] "POST /api/v1/namespaces/gone-b/services HTTP/1.1" 403 536',
         '[2026-12-01 14:52:15,452] kopf [ERROR] Forbidden: unable to create new content in namespace gone-b because it '
         'is being terminated',
-        '[2026-12-01 14:52:15,453] urllib3 [DEBUG] https://h "POST /apis/batch/v1/namespaces/mine/jobs HTTP/1.1" 403 536',
+        '[2026-12-01 14:52:15,453] urllib3 [DEBUG] "POST /apis/batch/v1/namespaces/mine/jobs HTTP/1.1" 403 536',
     ]) + "\n"
     refused = refusals(log)
     assert len(refused) == 1 and "/namespaces/mine/jobs" in refused[0]

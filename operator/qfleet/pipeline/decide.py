@@ -33,7 +33,8 @@ WARNING_REASONS = {Reason.INVALID_SPEC, Reason.DRIFT_DETECTED, Reason.REFRESH_BA
                    *FAILED.values()}
 ANNOUNCED_UNKNOWN = {Reason.HOLDING_FOR_EVIDENCE}
 """Unknown conditions that still deserve an Event: a canary held past its pause for want of evidence."""
-NOTHING_HAPPENED = {(ConditionType.ROLLED_BACK, Reason.NOT_ROLLED_BACK), (ConditionType.CANARY_HEALTHY, Reason.PROMOTED)}
+NOTHING_HAPPENED = {(ConditionType.ROLLED_BACK, Reason.NOT_ROLLED_BACK),
+                    (ConditionType.CANARY_HEALTHY, Reason.PROMOTED)}
 """A condition leaving its first-visit placeholder for one of these says that nothing happened (no rollback; the first
 revision served without a canary): no Event, since each is a write and a thousand models' first rollout would post
 two thousand of them that Ready=True already tells."""
