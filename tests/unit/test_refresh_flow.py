@@ -133,3 +133,34 @@ def test_a_refresh_that_fails_its_canary_is_rolled_back_and_backs_off_instead_of
     world.visit()
     assert world.status["refresh"]["generation"] == 2
     assert world.condition("CalibrationStale") == ("True", "DriftDetected")
+
+
+def test_the_visit_that_changes_the_stable_wakes_the_model_at_once_to_watch_drift_on_it() -> None:
+    """The refresh step judges the status a visit started from, so the visit that promotes still says "rolling out";
+    a serving model has nothing else due, and its own status write wakes nobody: without this wake-up drift would go
+    unwatched until the resync."""
+    world = RefreshWorld(REFRESHING)
+    world.drift = drifted("0.001")
+    wakes = []
+    while not world.status.get("revision", {}).get("stable"):
+        assert len(wakes) < 5, world.status.get("conditions")
+        wakes.append(world.visit().wake)
+    assert wakes[-1] == world.now
+    assert world.condition("CalibrationStale") == ("False", "CalibrationCurrent")
+    assert "refresh" not in world.status or world.status["refresh"].get("lastCheckedAt") is None
+
+    following = world.visit()
+    assert world.status["refresh"]["lastCheckedAt"] is not None, "the next visit checked drift on the new stable"
+    assert "drift within bounds" in next(c["message"] for c in world.status["conditions"]
+                                         if c["type"] == "CalibrationStale")
+    assert following.wake is not None and following.wake > world.now, "then every analysis interval, not at once"
+
+
+def test_a_visit_that_leaves_the_stable_as_it_was_is_not_woken_at_once() -> None:
+    world = RefreshWorld(REFRESHING)
+    world.drift = drifted("0.001")
+    world.visit()
+    world.visit()
+    assert world.status["revision"]["stable"], "serving"
+    decision = world.at(100).visit()
+    assert decision.wake is not None and decision.wake > world.now
