@@ -164,3 +164,25 @@ def test_a_visit_that_leaves_the_stable_as_it_was_is_not_woken_at_once() -> None
     assert world.status["revision"]["stable"], "serving"
     decision = world.at(100).visit()
     assert decision.wake is not None and decision.wake > world.now
+
+
+def test_the_visit_that_rolls_a_refresh_back_wakes_the_model_at_once_to_start_the_back_off() -> None:
+    world = stale_world()
+    world.finish_jobs(FIRST)
+    world.measurements = [answers(Traffic(4000, median_seconds=2.0), Traffic(40000))]
+
+    def rolled_back() -> bool:
+        return any(h["revision"] == FIRST and h["outcome"] == "RolledBack" for h in world.status.get("history", []))
+
+    start = (world.now - world.now.replace(hour=12, minute=0, second=0)).total_seconds()
+    for tick in range(60):
+        decision = world.at(start + 10 * (tick + 1)).visit()
+        if rolled_back():
+            break
+    assert rolled_back() and world.status["refresh"]["outcome"] == "InProgress", "judged before the rollback"
+    assert decision.wake == world.now
+
+    settling = world.visit()
+    assert world.status["refresh"]["outcome"] == "RolledBack"
+    assert world.condition("CalibrationStale") == ("True", "RefreshBackingOff")
+    assert settling.wake is not None and settling.wake > world.now

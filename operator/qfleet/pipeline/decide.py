@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
 from qfleet.api import SpecError, parse_spec
@@ -20,7 +19,7 @@ from qfleet.api.spec import QuantizedModelSpec
 from qfleet.api.status import Condition, QuantizedModelStatus, RevisionStatus
 from qfleet.conditions import derive_phase, find_condition
 from qfleet.pipeline import records
-from qfleet.pipeline.refresh import RefreshInput, RefreshStep, refresh_step
+from qfleet.pipeline.refresh import RefreshInput, RefreshStep, follow_up, refresh_step
 from qfleet.pipeline.release import release
 from qfleet.pipeline.release_types import ReleaseInput
 from qfleet.pipeline.steps import FAILED, run_pipeline
@@ -74,23 +73,11 @@ def decide(observed: Observed) -> Decision:
     decision = _finish(old, status, conditions, visit.create)
     decision.events = [*visit.events, *decision.events, *(Event(*event) for event in changes.events)]
     decision.release = changes
-    due = [when for when in (next_wake(spec, status, observed.now), refresh.wake, _steadied(spec, old, status, observed))
-           if when is not None]
+    due = [when for when in (next_wake(spec, status, observed.now), refresh.wake,
+                             follow_up(spec, old, status, revision, observed.now)) if when is not None]
     decision.wake = max(min(due), observed.now) if due else None
     decision.drift_measure = refresh.measure
     return decision
-
-
-def _steadied(spec: QuantizedModelSpec, old: QuantizedModelStatus, status: QuantizedModelStatus,
-              observed: Observed) -> datetime | None:
-    """Now, when this visit changed the stable revision of a model with a refresh: the refresh step judged the status
-    the visit started from (a revision still rolling out), so the next visit, at once, settles the refresh and starts
-    watching drift on the new stable. Nothing else may wake a serving model until the resync."""
-    if spec.quantization.calibration.refresh is None:
-        return None
-    before = old.revision.stable if old.revision else None
-    after = status.revision.stable if status.revision else None
-    return observed.now if after is not None and after != before else None
 
 
 def _spec(raw: Mapping[str, Any], runtime_image: str) -> QuantizedModelSpec:

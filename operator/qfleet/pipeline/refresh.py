@@ -191,6 +191,23 @@ def refresh_step(given: RefreshInput) -> RefreshStep:
     return step
 
 
+def follow_up(spec: QuantizedModelSpec, old: QuantizedModelStatus, new: QuantizedModelStatus, spec_revision: str,
+              now: datetime) -> datetime | None:
+    """Now, when the visit that judged `old` left a status the refresh step would judge differently: a revision it
+    promoted (drift is watched on the new stable from the next visit), or a running refresh it promoted, rolled back
+    or failed (the next visit settles its outcome and starts any back-off). A serving model may get no other event
+    until the resync, minutes later."""
+    if spec.quantization.calibration.refresh is None:
+        return None
+    stable = new.revision.stable if new.revision else None
+    if stable is not None and stable != (old.revision.stable if old.revision else None):
+        return now
+    state = new.refresh
+    if state is not None and state.outcome == IN_PROGRESS and _settle(state, new, spec_revision, now) is not state:
+        return now
+    return None
+
+
 def _settle(state: RefreshStatus, old: QuantizedModelStatus, spec_revision: str, now: datetime) -> RefreshStatus:
     """The running refresh's outcome, once it has one: promoted, rolled back, failed in its pipeline, or replaced by
     a spec edit."""
