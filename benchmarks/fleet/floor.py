@@ -97,6 +97,7 @@ def run_floor(fleet: Fleet, work: wl.Workload, prometheus: str, work_dir: Path, 
                        "floor Deployments ready", log)
     wall = time.monotonic() - started
     log(f"  floor: {wall:.0f} s")
-    floor = Phase("1 apply -> serving (floor)", wall, Counter(), 0.0, 0.0, machine_cpu_s=machine.busy())
+    floor = Phase("1 apply -> serving (floor)", wall, Counter(), 0.0, 0.0, machine_cpu_s=machine.busy(),
+                  cpu_by_process=machine.by_process())
     return [floor], {"settings": {
         "what": "3 Jobs then 1 Deployment per model, created by the script as soon as each can be"}}

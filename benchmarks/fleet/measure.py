@@ -2,6 +2,7 @@
 audit log, CPU seconds and peak RSS from /proc, and (qfleet only) visits from its own /metrics."""
 from __future__ import annotations
 
+import os
 import time
 import urllib.request
 from collections import Counter
@@ -23,26 +24,45 @@ class Phase:
     scheduled, event)."""
     machine_cpu_s: float = 0.0
     """Busy CPU time of the whole machine over the phase (core-seconds): the fleet, the benchmark and the controller."""
+    cpu_by_process: dict[str, float] = field(default_factory=dict)
+    """Of that, each process's CPU seconds, by name (`MachineClock.by_process`)."""
 
     def row(self) -> dict:
         capacity = self.wall_s * procstat.cores()
         return {"wall_s": round(self.wall_s, 1), **audit.totals(self.requests), "cpu_s": round(self.cpu_s, 1),
                 "cpu_share": round(self.cpu_s / self.wall_s, 3) if self.wall_s else 0.0,
                 "peak_rss_mib": round(self.peak_rss_mib, 1), "machine_cpu_s": round(self.machine_cpu_s, 1),
-                "machine_busy_share": round(self.machine_cpu_s / capacity, 3) if capacity else 0.0, **self.operator}
+                "machine_busy_share": round(self.machine_cpu_s / capacity, 3) if capacity else 0.0, **self.operator,
+                "cpu_by_process": {name: round(s, 1) for name, s in self.cpu_by_process.items()}}
 
     def by_verb(self) -> dict[str, int]:
         return {f"{verb} {resource}": n for (verb, resource), n in sorted(self.requests.items())}
 
 
 class MachineClock:
-    """The whole machine's busy CPU time from a start: what a phase cost the fleet, whoever drove it."""
+    """The whole machine's busy CPU time from a start: what a phase cost the fleet, whoever drove it; and how it was
+    shared among the processes (the apiserver, etcd, KWOK, the fleet's controllers, the controller under test and this
+    benchmark), to tell what a controller costs the fleet beyond its own CPU."""
 
-    def __init__(self) -> None:
+    def __init__(self, names: dict[int, str] | None = None) -> None:
+        self.names = {os.getpid(): "benchmark (this process)", **(names or {})}
+        """Names for processes whose executable's name says too little (a Python controller)."""
         self.busy_before = procstat.machine_busy_seconds()
+        self.processes_before = procstat.cpu_by_process()
 
     def busy(self) -> float:
         return procstat.machine_busy_seconds() - self.busy_before
+
+    def by_process(self) -> dict[str, float]:
+        """CPU seconds since the start, by process name, largest first; a process that ended meanwhile is not
+        counted (the fleet's and the controllers' run throughout)."""
+        spent: Counter = Counter()
+        for pid, (name, seconds) in procstat.cpu_by_process().items():
+            before = self.processes_before.get(pid)
+            base = before[1] if before and before[0] == name else 0.0
+            if seconds - base > 0:
+                spent[self.names.get(pid, name)] += seconds - base
+        return dict(spent.most_common())
 
 
 class PhaseClock:
@@ -50,7 +70,7 @@ class PhaseClock:
 
     def __init__(self, name: str, pid: int, audit_log: Path, user: str, metrics_url: str | None = None):
         self.name, self.pid, self.audit_log, self.user, self.metrics_url = name, pid, audit_log, user, metrics_url
-        self.machine = MachineClock()
+        self.machine = MachineClock({pid: "the controller under test"})
         self.started_wall, self.started = time.time(), time.monotonic()
         self.cpu_before = procstat.cpu_seconds(pid)
         self.metrics_before = scrape(metrics_url) if metrics_url else None
@@ -64,7 +84,7 @@ class PhaseClock:
         if self.metrics_url:
             operator = operator_figures(self.metrics_before, scrape(self.metrics_url), wall)
         return Phase(self.name, wall, audit.read(self.audit_log, self.user, self.started_wall, ended_wall), cpu, rss,
-                     operator, self.machine.busy())
+                     operator, self.machine.busy(), self.machine.by_process())
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:

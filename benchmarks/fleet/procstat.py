@@ -42,5 +42,20 @@ def busy_ticks(cpu_line: str) -> int:
     return user + nice + system + irq + softirq
 
 
+def cpu_by_process() -> dict[int, tuple[str, float]]:
+    """Every live process's name (its executable's, as /proc/PID/stat gives it) and CPU seconds so far."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            head, tail = (entry / "stat").read_text().rsplit(")", 1)
+        except OSError:  # it ended meanwhile
+            continue
+        fields = tail.split()
+        found[int(entry.name)] = (head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+    return found
+
+
 def cores() -> int:
     return os.cpu_count() or 1

@@ -125,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{results['floor'][0]['machine_cpu_s']}; {results['floor'][0]['machine_busy_share']}")
         for rows in growth.values():
             rows.sort(key=lambda r: (r["models"], r["nodes"]))
-        text = report.document(header, {k: v for k, v in results.items() if k != "floor"}, verbs, {k: v for k, v in growth.items() if len(v) > 1})
+        processes = {f"{leg}: {row['name']}": row["cpu_by_process"] for leg, rows in results.items() for row in rows
+                     if row.get("cpu_by_process")}
+        text = report.document(header, {k: v for k, v in results.items() if k != "floor"}, verbs,
+                               {k: v for k, v in growth.items() if len(v) > 1}, processes)
         args.out.mkdir(parents=True, exist_ok=True)
         stem.with_suffix(".md").write_text(text + "\n")
         stem.with_suffix(".json").write_text(json.dumps({"header": header, "legs": results, "verbs": verbs,

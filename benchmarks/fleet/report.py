@@ -49,6 +49,23 @@ def verbs_table(phases: dict[str, dict[str, dict]]) -> list[str]:
     return lines + [""]
 
 
+def processes_table(columns: dict[str, dict[str, float]], least: float = 1.0) -> list[str]:
+    """columns: "leg, phase" -> process name -> CPU seconds over the phase. A process under `least` seconds in every
+    column is summed into "others"."""
+    if not columns:
+        return []
+    names = sorted({n for c in columns.values() for n, s in c.items() if s >= least},
+                   key=lambda n: -max(c.get(n, 0.0) for c in columns.values()))
+    lines = ["### Machine CPU by process (core-s)", "", "| process | " + " | ".join(columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(f"{c.get(name, 0.0):.1f}" for c in columns.values()) + " |")
+    others = [sum(s for n, s in c.items() if n not in names) for c in columns.values()]
+    lines.append("| others | " + " | ".join(f"{s:.1f}" for s in others) + " |")
+    lines.append("| all | " + " | ".join(f"{sum(c.values()):.1f}" for c in columns.values()) + " |")
+    return lines + [""]
+
+
 def growth_table(title: str, rows: list[dict]) -> list[str]:
     """rows: {"models", "nodes", "phase1_s", "phase2_s", "phase2_requests_per_model", "phase2_cpu_ms_per_model",
     "visit_p50_s", "quiet_cpu_share", "peak_rss_mib"}."""
@@ -71,7 +88,7 @@ def growth_row(models: int, nodes: int, phases: list[dict]) -> dict:
 
 
 def document(header: dict, legs: dict[str, list[dict]], verbs: dict[str, dict[str, dict]],
-             growth: dict[str, list[dict]]) -> str:
+             growth: dict[str, list[dict]], processes: dict[str, dict[str, float]] | None = None) -> str:
     lines = [f"# make bench: {header['date']} (N = {header['models']}, NODES = {header['nodes']})", ""]
     lines += [f"- {key}: {value}" for key, value in header.items() if key not in ("date",)]
     lines.append("")
@@ -81,6 +98,7 @@ def document(header: dict, legs: dict[str, list[dict]], verbs: dict[str, dict[st
         lines += phase_table(name, qfleet[index] if index < len(qfleet) else None,
                              argo[index] if index < len(argo) else None)
     lines += verbs_table(verbs)
+    lines += processes_table(processes or {})
     for title, rows in growth.items():
         if rows:
             lines += growth_table(title, rows)

@@ -4,6 +4,7 @@ scrapes, and the ratio table."""
 from __future__ import annotations
 
 import json
+import time
 from decimal import Decimal
 
 import pytest
@@ -145,6 +146,27 @@ def test_a_phase_reports_the_machines_busy_share_of_all_its_cores(monkeypatch):
 def test_the_machines_busy_time_leaves_out_idle_io_wait_and_steal():
     assert procstat.busy_ticks("cpu  100 5 50 1000 20 3 2 7 0 0") == 160
     assert procstat.machine_busy_seconds() > 0
+
+
+def test_the_machines_cpu_is_told_by_process_with_this_benchmark_and_the_controller_named():
+    import os
+    clock = measure.MachineClock({os.getppid(): "the controller under test"})
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:  # CPU this process spends, for the clock to see
+        sum(range(10_000))
+    spent = clock.by_process()
+    assert spent["benchmark (this process)"] > 0
+    assert os.getpid() in procstat.cpu_by_process()
+    assert all(seconds > 0 for seconds in spent.values())
+
+
+def test_the_process_table_sums_small_processes_into_others_and_totals_each_column():
+    table = report.processes_table({"qfleet: 1": {"kube-apiserver": 200.0, "etcd": 40.0, "sh": 0.2},
+                                    "floor: 1": {"kube-apiserver": 120.0, "sh": 0.4}})
+    assert table[2] == "| process | qfleet: 1 | floor: 1 |"
+    assert table[4] == "| kube-apiserver | 200.0 | 120.0 |" and table[5] == "| etcd | 40.0 | 0.0 |"
+    assert table[6] == "| others | 0.2 | 0.4 |" and table[7] == "| all | 240.2 | 120.4 |"
+    assert report.processes_table({}) == []
 
 
 def test_a_phase_lists_its_requests_by_verb_and_resource():
