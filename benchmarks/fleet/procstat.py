@@ -10,8 +10,14 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of the process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return _name_and_cpu(Path(f"/proc/{pid}/stat").read_text())[1]
+
+
+def _name_and_cpu(stat: str) -> tuple[str, float]:
+    """/proc/PID/stat: the executable's name (in parentheses, which it may itself contain) and utime + stime."""
+    head, tail = stat.rsplit(")", 1)
+    fields = tail.split()
+    return head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def _status_kib(pid: int, key: str) -> int:
@@ -49,11 +55,9 @@ def cpu_by_process() -> dict[int, tuple[str, float]]:
         if not entry.name.isdigit():
             continue
         try:
-            head, tail = (entry / "stat").read_text().rsplit(")", 1)
+            found[int(entry.name)] = _name_and_cpu((entry / "stat").read_text())
         except OSError:  # it ended meanwhile
             continue
-        fields = tail.split()
-        found[int(entry.name)] = (head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
     return found
 
 
