@@ -50,7 +50,7 @@ def verbs_table(phases: dict[str, dict[str, dict]]) -> list[str]:
 
 
 def processes_table(columns: dict[str, dict[str, float]], least: float = 1.0) -> list[str]:
-    """columns: "leg, phase" -> process name -> CPU seconds over the phase. A process under `least` seconds in every
+    """columns: "leg: phase" -> process name -> CPU seconds over the phase. A process under `least` seconds in every
     column is summed into "others"."""
     if not columns:
         return []
