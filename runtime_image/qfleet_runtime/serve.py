@@ -29,9 +29,11 @@ GPU path (target tensorrt-llm in the manifest; **not verified here**): `tritonse
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -190,6 +192,31 @@ class SignalRelay:
             self.child.send_signal(signum)
 
 
+def wait_for(child: subprocess.Popen) -> int:
+    """Waits for `child` in the main thread so that Python's signal handlers run as soon as a signal comes.
+
+    The kernel may hand a signal sent to this process to any of its threads (the front's, a request's); its Python
+    handler then runs in the main thread only once that thread leaves the call it is blocked in, and a plain
+    `child.wait()` is a waitpid the kernel restarts without returning: the pod's SIGTERM would wait for Triton to exit
+    by itself (CI saw a server still ready after its SIGTERM). Waiting on the child's pidfd and on the signal wakeup
+    fd together returns to Python on either."""
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_read, False)
+    os.set_blocking(wake_write, False)
+    pidfd = os.pidfd_open(child.pid)
+    previous = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+    try:
+        while child.poll() is None:
+            select.select([pidfd, wake_read], [], [])
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_read, 512)
+        return child.returncode
+    finally:
+        signal.set_wakeup_fd(previous)
+        for fd in (pidfd, wake_read, wake_write):
+            os.close(fd)
+
+
 def run(args: argparse.Namespace) -> int:
     engine = Path(args.artifacts) / ENGINE_DIR
     manifest_path = engine / MANIFEST
@@ -223,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
         relay = SignalRelay(child, args.drain_seconds, front.drain if front is not None else None)
         previous = {sig: signal.signal(sig, relay.handle) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            code = child.wait()
+            code = wait_for(child)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
