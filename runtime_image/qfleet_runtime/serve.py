@@ -198,23 +198,25 @@ def wait_for(child: subprocess.Popen) -> int:
     The kernel may hand a signal sent to this process to any of its threads (the front's, a request's); its Python
     handler then runs in the main thread only once that thread leaves the call it is blocked in, and a plain
     `child.wait()` is a waitpid the kernel restarts without returning: the pod's SIGTERM would wait for Triton to exit
-    by itself (CI saw a server still ready after its SIGTERM). Waiting on the child's pidfd and on the signal wakeup
-    fd together returns to Python on either."""
+    by itself (CI saw a server still ready after its SIGTERM). Here the main thread sleeps in a select on Python's
+    signal wakeup fd, which every handled signal writes to, the child's SIGCHLD included (a pidfd would need Linux
+    5.3)."""
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_read, False)
     os.set_blocking(wake_write, False)
-    pidfd = os.pidfd_open(child.pid)
-    previous = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+    previous_fd = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+    previous_chld = signal.signal(signal.SIGCHLD, lambda *_: None)
     try:
         while child.poll() is None:
-            select.select([pidfd, wake_read], [], [])
+            select.select([wake_read], [], [])
             with contextlib.suppress(BlockingIOError):
                 os.read(wake_read, 512)
         return child.returncode
     finally:
-        signal.set_wakeup_fd(previous)
-        for fd in (pidfd, wake_read, wake_write):
-            os.close(fd)
+        signal.signal(signal.SIGCHLD, previous_chld)
+        signal.set_wakeup_fd(previous_fd)
+        os.close(wake_read)
+        os.close(wake_write)
 
 
 def run(args: argparse.Namespace) -> int:

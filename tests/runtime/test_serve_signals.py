@@ -53,3 +53,4 @@ def test_a_sigterm_taken_by_another_thread_drains_at_once_then_stops_the_child()
     assert ended - drained[0] >= DRAIN_SECONDS
     assert ended - started < CHILD_SECONDS / 3
     assert signal.set_wakeup_fd(-1) == -1, "wait_for left its wakeup fd installed"
+    assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL, "wait_for left its SIGCHLD handler"
