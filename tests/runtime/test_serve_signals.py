@@ -1,6 +1,6 @@
 """`serve`'s main thread and the pod's signals: a SIGTERM drains at once whichever of the process's threads the
-kernel hands it to (CI once saw a server still ready 5 s after its SIGTERM: the front's thread had taken it while the
-main thread sat in waitpid)."""
+kernel hands it to (CI once saw a server still ready 5 s after its SIGTERM, as when another thread, the front's,
+takes it while the main thread sits in waitpid)."""
 
 from __future__ import annotations
 
